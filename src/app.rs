@@ -1,0 +1,146 @@
+//! Runs a parsed command line: the glue between [`cli`](crate::cli) and the library modules.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::cli::{Cli, Command, ConvertArgs, OutputFormat, UploadArgs};
+use crate::config::{Config, ConfigError, VariantConfig};
+use crate::plan;
+use crate::version::{self, ImageVersion, VersionError};
+
+/// Why a command failed. [`AppError::exit_code`] maps it to the documented exit codes.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// The configuration is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The command line is inconsistent with the configuration or the files given.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing a version file failed.
+    #[error(transparent)]
+    Version(#[from] VersionError),
+    /// A provider this build cannot upload to yet.
+    #[error(
+        "uploading to {provider} is not available in this version of uplosi ({variant}); nothing was uploaded. \
+         Run with --dry-run to check the configuration, or disable the variant with --disable-variant-glob"
+    )]
+    ProviderUnavailable {
+        /// The provider.
+        provider: &'static str,
+        /// Which variant asked for it.
+        variant: String,
+    },
+    /// Writing to stdout failed.
+    #[error("cannot write to stdout: {0}")]
+    Stdout(std::io::Error),
+}
+
+impl AppError {
+    /// 2 for usage and configuration errors (nothing was done), 1 for failures during the work.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            AppError::Config(_) | AppError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Runs `cli`.
+pub fn run(cli: Cli) -> Result<(), AppError> {
+    match cli.command {
+        Command::Upload(args) => upload(&args),
+        Command::Convert(args) => convert(&args),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "uplosi", &mut std::io::stdout());
+            Ok(())
+        }
+    }
+}
+
+/// Checks that IMAGE is a regular file or a block device before any work.
+fn check_image(path: &Path) -> Result<(), AppError> {
+    use std::os::unix::fs::FileTypeExt;
+    let meta = std::fs::metadata(path).map_err(|e| {
+        AppError::Usage(format!(
+            "image {}: {e}; give the path of the raw disk image, e.g. build/system.raw",
+            path.display()
+        ))
+    })?;
+    let kind = meta.file_type();
+    if kind.is_file() || kind.is_block_device() {
+        Ok(())
+    } else {
+        Err(AppError::Usage(format!(
+            "image {} is a {}, not a regular file or block device",
+            path.display(),
+            if kind.is_dir() { "directory" } else { "special file" }
+        )))
+    }
+}
+
+/// The version files the variants use, each with the version it holds now.
+fn version_files(variants: &[VariantConfig]) -> BTreeMap<PathBuf, ImageVersion> {
+    variants
+        .iter()
+        .filter_map(|v| {
+            let file = v.image_version_file.as_ref()?;
+            let key = std::fs::canonicalize(file).unwrap_or_else(|_| file.clone());
+            Some((key, v.image_version))
+        })
+        .collect()
+}
+
+fn upload(args: &UploadArgs) -> Result<(), AppError> {
+    check_image(&args.image)?;
+    let config = Config::load(&args.config_dir)?;
+    let variants = config.resolve_selected(&args.enable_variant_glob, &args.disable_variant_glob)?;
+    let bumps = version_files(&variants);
+    if args.increment_version && bumps.is_empty() {
+        return Err(AppError::Usage(
+            "-i/--increment-version needs a version file, but no selected variant sets `imageVersionFile`; \
+             add imageVersionFile = \"version.txt\" to [base] or drop -i"
+                .to_string(),
+        ));
+    }
+
+    if args.dry_run {
+        let plan = plan::plan(&variants, &args.image);
+        let text = match args.output {
+            OutputFormat::Json => serde_json::to_string_pretty(&plan).map_err(|e| AppError::Stdout(e.into()))? + "\n",
+            OutputFormat::Text => plan::render_text(&plan),
+        };
+        std::io::stdout().write_all(text.as_bytes()).map_err(AppError::Stdout)?;
+        if args.increment_version {
+            for (file, current) in &bumps {
+                let next = current.bump(args.bump)?;
+                tracing::info!("dry run: would write {next} to {} (now {current})", file.display());
+            }
+        }
+        return Ok(());
+    }
+
+    // Every provider is checked before the first upload starts, so a run never stops half-way for this reason.
+    if let Some(v) = variants.first() {
+        return Err(AppError::ProviderUnavailable { provider: v.provider.as_str(), variant: v.label() });
+    }
+
+    if args.increment_version {
+        for (file, current) in &bumps {
+            let next = current.bump(args.bump)?;
+            version::write_version_file(file, next)?;
+            tracing::info!("version file {}: {current} -> {next}", file.display());
+        }
+    }
+    Ok(())
+}
+
+fn convert(args: &ConvertArgs) -> Result<(), AppError> {
+    check_image(&args.image)?;
+    Err(AppError::Usage(format!("converting to {:?} is not available yet", args.format)))
+}

@@ -1,0 +1,203 @@
+//! The command line: `uplosi upload`, `uplosi convert`, `uplosi completions`, and the legacy bare form
+//! `uplosi [-i] IMAGE`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::version::BumpPart;
+
+const EXAMPLES: &str = "\
+Examples:
+  # Upload build/system.raw as configured in ./uplosi.conf and bump the patch version afterwards
+  uplosi upload build/system.raw -i
+
+  # The same, in the short form older scripts use
+  uplosi -i build/system.raw
+
+  # Check the configuration and see what would happen, without touching any cloud
+  uplosi upload build/system.raw --dry-run
+
+  # Only the AWS variants, configuration from another directory
+  uplosi upload build/system.raw -c images/podvm --enable-variant-glob 'aws-*'
+
+  # Export a qcow2 for libvirt
+  uplosi convert build/system.raw --format qcow2 -o build/system.qcow2
+
+Exit codes: 0 success, 1 failure during the work, 2 bad usage or configuration (nothing was done).";
+
+/// Convert raw OS disk images and upload them to AWS, Azure, GCP and OpenStack.
+///
+/// uplosi reads uplosi.conf and uplosi.conf.d/*.conf (the same files the Go uplosi reads), converts the image to
+/// each enabled variant's format, uploads it, registers it under the configured version, replicates and publishes
+/// it, and prints one reference per line on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "uplosi", version, after_help = EXAMPLES, arg_required_else_help = true)]
+pub struct Cli {
+    /// More log output on stderr (-v: debug, -vv: trace). RUST_LOG overrides it.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr, no progress bars.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert, upload, register, replicate and publish IMAGE for every enabled variant.
+    ///
+    /// References (AMI ARNs, gallery image version IDs, GCE image paths, Glance image IDs) are printed on stdout,
+    /// one per line; logs and progress go to stderr.
+    #[command(after_help = EXAMPLES)]
+    Upload(UploadArgs),
+    /// Convert IMAGE to another disk format, streaming and sparse-aware.
+    Convert(ConvertArgs),
+    /// Print a shell completion script.
+    ///
+    /// For example: `uplosi completions bash > /etc/bash_completion.d/uplosi`.
+    Completions {
+        /// The shell to generate completions for.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Output format of `upload`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// One reference per line (the Go tool's output).
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+/// Arguments of `uplosi upload`.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The raw disk image, e.g. build/system.raw (a regular file or a block device).
+    pub image: PathBuf,
+
+    /// After every variant succeeded, increment the version in each version file used (imageVersionFile).
+    #[arg(short = 'i', long)]
+    pub increment_version: bool,
+
+    /// Which part of the version -i increments.
+    #[arg(long, value_enum, default_value_t = BumpPart::Patch, requires = "increment_version")]
+    pub bump: BumpPart,
+
+    /// Directory that holds uplosi.conf and uplosi.conf.d/; relative version files resolve against it.
+    #[arg(short = 'c', long = "config", value_name = "DIR", default_value = ".")]
+    pub config_dir: PathBuf,
+
+    /// Only variants whose name matches one of these globs (repeat or separate with commas). Default: all.
+    #[arg(long = "enable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
+    pub enable_variant_glob: Vec<String>,
+
+    /// Skip variants whose name matches one of these globs (repeat or separate with commas).
+    #[arg(long = "disable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
+    pub disable_variant_glob: Vec<String>,
+
+    /// Validate everything and print the plan per variant; touch no network and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Format of stdout.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+/// Target format of `uplosi convert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetFormat {
+    /// Fixed VHD, as Azure requires (data padded to a whole MiB, then a 512-byte footer).
+    Vhd,
+    /// qcow2 version 3 with 64 KiB clusters, for libvirt and OpenStack.
+    Qcow2,
+    /// GCE import archive: one sparse member `disk.raw`, size rounded up to a whole GiB, gzip-compressed.
+    #[value(name = "tar.gz")]
+    TarGz,
+    /// A sparse copy of the raw image.
+    Raw,
+}
+
+/// Arguments of `uplosi convert`.
+#[derive(Debug, Args)]
+pub struct ConvertArgs {
+    /// The raw disk image to convert.
+    pub image: PathBuf,
+
+    /// The format to write.
+    #[arg(short, long, value_enum)]
+    pub format: TargetFormat,
+
+    /// Where to write the result; written under a temporary name and renamed when complete.
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+
+    /// Replace OUT if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// gzip level for tar.gz (1 fastest … 9 smallest).
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..=9))]
+    pub level: u32,
+}
+
+const SUBCOMMANDS: &[&str] = &["upload", "convert", "completions", "help"];
+const ROOT_FLAGS: &[&str] = &["-h", "--help", "-V", "--version"];
+
+/// Rewrites the legacy form `uplosi [-i] IMAGE` to `uplosi upload [-i] IMAGE`.
+///
+/// The seed's scripts call `uplosi -i build/system.raw`; the Go tool dropped that form. Anything whose first word
+/// is not a subcommand or a root flag is treated as upload arguments.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut args: Vec<OsString> = args.into_iter().collect();
+    let is_global_flag =
+        |a: &OsString| matches!(a.to_str(), Some("-v" | "-vv" | "-vvv" | "--verbose" | "-q" | "--quiet"));
+    let first_word = args.iter().enumerate().skip(1).find(|(_, a)| !is_global_flag(a));
+    if let Some((index, first)) = first_word {
+        let first = first.to_string_lossy();
+        if !SUBCOMMANDS.contains(&first.as_ref()) && !ROOT_FLAGS.contains(&first.as_ref()) {
+            args.insert(index, OsString::from("upload"));
+        }
+    }
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn norm(args: &[&str]) -> Vec<String> {
+        normalize_args(args.iter().map(OsString::from)).into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn legacy_forms_become_upload() {
+        assert_eq!(norm(&["uplosi", "-i", "img"]), ["uplosi", "upload", "-i", "img"]);
+        assert_eq!(norm(&["uplosi", "img"]), ["uplosi", "upload", "img"]);
+        assert_eq!(norm(&["uplosi", "-v", "img"]), ["uplosi", "-v", "upload", "img"]);
+        assert_eq!(norm(&["uplosi", "-c", "d", "img"]), ["uplosi", "upload", "-c", "d", "img"]);
+    }
+
+    #[test]
+    fn subcommands_and_root_flags_are_untouched() {
+        assert_eq!(norm(&["uplosi", "upload", "img"]), ["uplosi", "upload", "img"]);
+        assert_eq!(norm(&["uplosi", "convert", "a"]), ["uplosi", "convert", "a"]);
+        assert_eq!(norm(&["uplosi", "--version"]), ["uplosi", "--version"]);
+        assert_eq!(norm(&["uplosi"]), ["uplosi"]);
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,410 @@
+//! The resolved, typed configuration of one variant: base and variant merged, defaults filled, version read,
+//! templates rendered.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::load::{Origin, Problem, Settings, Value};
+use super::schema::{KeySpec, Section};
+use super::template::{self, TemplateData};
+use crate::version::ImageVersion;
+
+/// The cloud a variant goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Amazon Web Services.
+    Aws,
+    /// Microsoft Azure.
+    Azure,
+    /// Google Cloud Platform.
+    Gcp,
+    /// OpenStack.
+    #[serde(rename = "openstack")]
+    OpenStack,
+}
+
+impl Provider {
+    /// Parses the `provider` key's value.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "aws" => Provider::Aws,
+            "azure" => Provider::Azure,
+            "gcp" => Provider::Gcp,
+            "openstack" => Provider::OpenStack,
+            _ => return None,
+        })
+    }
+
+    /// The name used in uplosi.conf.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Aws => "aws",
+            Provider::Azure => "azure",
+            Provider::Gcp => "gcp",
+            Provider::OpenStack => "openstack",
+        }
+    }
+}
+
+/// `[….aws]`, rendered.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct AwsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    pub replication_regions: Vec<String>,
+    pub ami_name: String,
+    pub ami_description: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket_location_constraint: Option<String>,
+    pub blob_name: String,
+    pub snapshot_name: String,
+    pub publish: bool,
+}
+
+/// `[….azure]`, rendered.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct AzureConfig {
+    #[serde(rename = "subscriptionID", skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub replication_regions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_group: Option<String>,
+    pub attestation_variant: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shared_image_gallery: Option<String>,
+    pub sharing_profile: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sharing_name_prefix: Option<String>,
+    pub image_definition_name: String,
+    pub offer: String,
+    pub sku: String,
+    pub publisher: String,
+    pub disk_name: String,
+    pub additional_signatures: Vec<String>,
+}
+
+/// `[….gcp]`, rendered.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct GcpConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<String>,
+    pub image_name: String,
+    pub image_family: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<String>,
+    pub blob_name: String,
+    pub publish: bool,
+}
+
+/// `[….openstack]`, rendered.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct OpenStackConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<String>,
+    pub image_name: String,
+    pub visibility: String,
+    pub hidden: bool,
+    pub tags: Vec<String>,
+    #[serde(rename = "minDiskGB")]
+    pub min_disk_gb: i64,
+    #[serde(rename = "minRamMB")]
+    pub min_ram_mb: i64,
+    pub protected: bool,
+    pub properties: BTreeMap<String, String>,
+}
+
+/// One variant, ready to upload.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VariantConfig {
+    /// The variant's name; `None` when the file has no variants and `[base]` is the one unnamed variant.
+    pub variant: Option<String>,
+    /// The target cloud.
+    pub provider: Provider,
+    /// `name`, the `{{.Name}}` of templates.
+    pub name: String,
+    /// The effective version (from `imageVersionFile` if set).
+    pub image_version: ImageVersion,
+    /// The version file, resolved against the config directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_version_file: Option<PathBuf>,
+    /// AWS settings.
+    pub aws: AwsConfig,
+    /// Azure settings.
+    pub azure: AzureConfig,
+    /// GCP settings.
+    pub gcp: GcpConfig,
+    /// OpenStack settings.
+    pub openstack: OpenStackConfig,
+    /// Where each explicitly written key came from, for error messages.
+    #[serde(skip)]
+    pub origins: BTreeMap<(Section, &'static str), Origin>,
+}
+
+impl VariantConfig {
+    /// A label for messages: `variant \`foo\`` or `[base]`.
+    pub fn label(&self) -> String {
+        match &self.variant {
+            Some(v) => format!("variant `{v}`"),
+            None => "[base]".to_string(),
+        }
+    }
+}
+
+/// Reads values out of merged settings, falling back to schema defaults and rendering templates.
+struct Resolver<'a> {
+    settings: &'a Settings,
+    data: TemplateData,
+    problems: Vec<Problem>,
+}
+
+impl Resolver<'_> {
+    fn raw(&self, section: Section, key: &str) -> Option<(&'static KeySpec, Option<&Value>)> {
+        let spec = section.spec(key)?;
+        Some((spec, self.settings.get(&(section, spec.name)).map(|s| &s.value)))
+    }
+
+    fn default_value(spec: &KeySpec) -> Option<Value> {
+        let text = spec.default?;
+        let table: toml::Table = toml::from_str(&format!("v = {text}")).ok()?;
+        Some(match table.get("v")? {
+            toml::Value::String(s) => Value::String(s.clone()),
+            toml::Value::Boolean(b) => Value::Bool(*b),
+            toml::Value::Integer(i) => Value::Integer(*i),
+            toml::Value::Array(a) => Value::StringList(a.iter().filter_map(|v| v.as_str().map(String::from)).collect()),
+            toml::Value::Table(t) => {
+                Value::StringMap(t.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string()))).collect())
+            }
+            _ => return None,
+        })
+    }
+
+    fn value(&self, section: Section, key: &str) -> Option<Value> {
+        let (spec, written) = self.raw(section, key)?;
+        written.cloned().or_else(|| Self::default_value(spec))
+    }
+
+    fn opt_string(&mut self, section: Section, key: &str) -> Option<String> {
+        let Some(Value::String(s)) = self.value(section, key) else { return None };
+        let Some(spec) = section.spec(key) else { return Some(s) };
+        if !spec.template {
+            return Some(s);
+        }
+        match template::render(&s, &self.data) {
+            Ok(rendered) => Some(rendered),
+            Err(e) => {
+                let origin = self.settings.get(&(section, spec.name)).map(|s| s.origin.clone());
+                let label = match section {
+                    Section::Common => spec.name.to_string(),
+                    other => format!("{}.{}", other.table_name(), spec.name),
+                };
+                self.problems.push(Problem { origin, message: format!("template in `{label}`: {e}") });
+                Some(s)
+            }
+        }
+    }
+
+    fn string(&mut self, section: Section, key: &str) -> String {
+        self.opt_string(section, key).unwrap_or_default()
+    }
+
+    fn bool(&self, section: Section, key: &str) -> bool {
+        matches!(self.value(section, key), Some(Value::Bool(true)))
+    }
+
+    fn int(&self, section: Section, key: &str) -> i64 {
+        match self.value(section, key) {
+            Some(Value::Integer(i)) => i,
+            _ => 0,
+        }
+    }
+
+    fn list(&self, section: Section, key: &str) -> Vec<String> {
+        match self.value(section, key) {
+            Some(Value::StringList(l)) => l,
+            _ => Vec::new(),
+        }
+    }
+
+    fn map(&self, section: Section, key: &str) -> BTreeMap<String, String> {
+        match self.value(section, key) {
+            Some(Value::StringMap(m)) => m,
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+/// Resolves one variant from its merged settings. `dir` is the config directory that relative version files are
+/// resolved against; `declared_at` points at `[variant.NAME]` for messages about missing keys.
+pub fn resolve(
+    variant: Option<&str>,
+    settings: &Settings,
+    dir: &Path,
+    declared_at: Option<&Origin>,
+) -> Result<(VariantConfig, Vec<Problem>), Vec<Problem>> {
+    let mut problems = Vec::new();
+    let at = |key: &str| settings.get(&(Section::Common, key)).map(|s| s.origin.clone());
+    let table = variant.map(|v| format!("[variant.{v}]")).unwrap_or_else(|| "[base]".to_string());
+    let string = |key: &str| match settings.get(&(Section::Common, key)).map(|s| &s.value) {
+        Some(Value::String(s)) => Some(s.clone()),
+        _ => None,
+    };
+
+    let provider = match string("provider") {
+        None => {
+            problems.push(Problem {
+                origin: declared_at.cloned(),
+                message: format!(
+                    "{} has no provider: set `provider` to \"aws\", \"azure\", \"gcp\" or \"openstack\" in {table} or [base]",
+                    variant.map(|v| format!("variant `{v}`")).unwrap_or_else(|| "[base]".into())
+                ),
+            });
+            None
+        }
+        Some(p) => match Provider::parse(&p) {
+            Some(p) => Some(p),
+            None => {
+                let hint = super::schema::suggest(&p, ["aws", "azure", "gcp", "openstack"])
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                problems.push(Problem {
+                    origin: at("provider"),
+                    message: format!(
+                        "unknown provider \"{p}\"{hint}: use \"aws\", \"azure\", \"gcp\" or \"openstack\""
+                    ),
+                });
+                None
+            }
+        },
+    };
+
+    let name = string("name").unwrap_or_default();
+    if name.is_empty() {
+        problems.push(Problem {
+            origin: at("name").or_else(|| declared_at.cloned()),
+            message: if variant.is_some() {
+                format!("required key `name` is missing or empty: set it in {table} or [base]")
+            } else {
+                "required key `name` is missing or empty: set it in [base]".to_string()
+            },
+        });
+    }
+
+    let image_version_file = string("imageVersionFile").filter(|f| !f.is_empty()).map(|f| dir.join(f));
+    let version_text = match &image_version_file {
+        Some(path) => match std::fs::read_to_string(path) {
+            Ok(text) => Some(text.trim().to_string()),
+            Err(e) => {
+                problems.push(Problem {
+                    origin: at("imageVersionFile"),
+                    message: format!("cannot read imageVersionFile {}: {e}", path.display()),
+                });
+                None
+            }
+        },
+        None => Some(string("imageVersion").unwrap_or_else(|| "0.0.0".to_string())),
+    };
+    let image_version = version_text.as_deref().and_then(|text| match text.parse::<ImageVersion>() {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let (origin, source) = match &image_version_file {
+                Some(path) => (at("imageVersionFile"), format!(" (read from {})", path.display())),
+                None => (at("imageVersion"), String::new()),
+            };
+            problems.push(Problem { origin, message: format!("{e}{source}") });
+            None
+        }
+    });
+
+    let mut r = Resolver {
+        settings,
+        data: TemplateData::new(&name, version_text.as_deref().unwrap_or("")),
+        problems: Vec::new(),
+    };
+    use Section::*;
+    let aws = AwsConfig {
+        region: r.opt_string(Aws, "region"),
+        replication_regions: r.list(Aws, "replicationRegions"),
+        ami_name: r.string(Aws, "amiName"),
+        ami_description: r.string(Aws, "amiDescription"),
+        bucket: r.opt_string(Aws, "bucket"),
+        bucket_location_constraint: r.opt_string(Aws, "bucketLocationConstraint"),
+        blob_name: r.string(Aws, "blobName"),
+        snapshot_name: r.string(Aws, "snapshotName"),
+        publish: r.bool(Aws, "publish"),
+    };
+    let azure = AzureConfig {
+        subscription_id: r.opt_string(Azure, "subscriptionID"),
+        location: r.opt_string(Azure, "location"),
+        replication_regions: r.list(Azure, "replicationRegions"),
+        resource_group: r.opt_string(Azure, "resourceGroup"),
+        attestation_variant: r.string(Azure, "attestationVariant"),
+        shared_image_gallery: r.opt_string(Azure, "sharedImageGallery"),
+        sharing_profile: r.string(Azure, "sharingProfile"),
+        sharing_name_prefix: r.opt_string(Azure, "sharingNamePrefix"),
+        image_definition_name: r.string(Azure, "imageDefinitionName"),
+        offer: r.string(Azure, "offer"),
+        sku: r.string(Azure, "sku"),
+        publisher: r.string(Azure, "publisher"),
+        disk_name: r.string(Azure, "diskName"),
+        additional_signatures: r.list(Azure, "additionalSignatures"),
+    };
+    let gcp = GcpConfig {
+        project: r.opt_string(Gcp, "project"),
+        location: r.opt_string(Gcp, "location"),
+        image_name: r.string(Gcp, "imageName"),
+        image_family: r.string(Gcp, "imageFamily"),
+        bucket: r.opt_string(Gcp, "bucket"),
+        blob_name: r.string(Gcp, "blobName"),
+        publish: r.bool(Gcp, "publish"),
+    };
+    let openstack = OpenStackConfig {
+        cloud: r.opt_string(OpenStack, "cloud"),
+        image_name: r.string(OpenStack, "imageName"),
+        visibility: r.string(OpenStack, "visibility"),
+        hidden: r.bool(OpenStack, "hidden"),
+        tags: r.list(OpenStack, "tags"),
+        min_disk_gb: r.int(OpenStack, "minDiskGB"),
+        min_ram_mb: r.int(OpenStack, "minRamMB"),
+        protected: r.bool(OpenStack, "protected"),
+        properties: r.map(OpenStack, "properties"),
+    };
+    problems.append(&mut r.problems);
+
+    match (provider, image_version) {
+        // A missing name or a broken template still lets the provider checks run, so all problems show at once.
+        (Some(provider), Some(image_version)) => Ok((
+            VariantConfig {
+                variant: variant.map(str::to_string),
+                provider,
+                name,
+                image_version,
+                image_version_file,
+                aws,
+                azure,
+                gcp,
+                openstack,
+                origins: settings.iter().map(|(k, s)| (*k, s.origin.clone())).collect(),
+            },
+            problems,
+        )),
+        _ => Err(problems),
+    }
+}

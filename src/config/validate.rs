@@ -1,0 +1,393 @@
+//! The checks a resolved variant must pass before any work starts: required keys per provider and each cloud's
+//! naming rules, so a typo fails in a second instead of after a 20-minute upload.
+
+use super::load::{Origin, Problem};
+use super::model::{Provider, VariantConfig};
+use super::schema::Section;
+
+/// Every problem with `cfg`; empty when it is ready to upload.
+pub fn validate(cfg: &VariantConfig) -> Vec<Problem> {
+    let mut v = Checker { cfg, problems: Vec::new() };
+    match cfg.provider {
+        Provider::Aws => v.aws(),
+        Provider::Azure => v.azure(),
+        Provider::Gcp => v.gcp(),
+        Provider::OpenStack => v.openstack(),
+    }
+    v.problems
+}
+
+struct Checker<'a> {
+    cfg: &'a VariantConfig,
+    problems: Vec<Problem>,
+}
+
+fn is_lower_alnum(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+/// `[a-z]([-a-z0-9]*[a-z0-9])?`, the RFC 1035 label GCE uses for image names and families.
+pub fn is_gce_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && s.chars().all(|c| is_lower_alnum(c) || c == '-')
+        && s.chars().last().is_some_and(is_lower_alnum)
+        && s.len() <= 63
+}
+
+impl Checker<'_> {
+    fn origin(&self, section: Section, key: &str) -> Option<Origin> {
+        self.cfg.origins.get(&(section, key)).cloned()
+    }
+
+    fn fail(&mut self, section: Section, key: &str, message: String) {
+        let origin = self.origin(section, key);
+        let from_default = origin.is_none() && section.spec(key).is_some_and(|s| s.default.is_some());
+        let message = if from_default {
+            format!("{message} (this value comes from the default `{key}`; set `{key}` explicitly)")
+        } else {
+            message
+        };
+        self.problems.push(Problem { origin, message: format!("{}: {message}", self.cfg.label()) });
+    }
+
+    fn required(&mut self, section: Section, key: &str, value: Option<&str>) {
+        if value.is_none_or(str::is_empty) {
+            let table = match &self.cfg.variant {
+                Some(v) => format!("[variant.{v}.{}]", section.table_name()),
+                None => format!("[base.{}]", section.table_name()),
+            };
+            let message = format!(
+                "required key `{key}` for provider {} is missing: set it in {table} or [base.{}]",
+                self.cfg.provider.as_str(),
+                section.table_name()
+            );
+            self.problems.push(Problem {
+                origin: self.origin(section, key),
+                message: format!("{}: {message}", self.cfg.label()),
+            });
+        }
+    }
+
+    fn regions(&mut self, section: Section, primary: Option<&str>, regions: &[String]) {
+        let mut seen = std::collections::BTreeSet::new();
+        for region in regions {
+            if region.trim().is_empty() {
+                self.fail(section, "replicationRegions", "replicationRegions contains an empty entry".into());
+            } else if Some(region.as_str()) == primary {
+                self.fail(
+                    section,
+                    "replicationRegions",
+                    format!("replicationRegions contains the primary region \"{region}\"; remove it, the image is already there"),
+                );
+            } else if !seen.insert(region.as_str()) {
+                self.fail(section, "replicationRegions", format!("replicationRegions lists \"{region}\" twice"));
+            }
+        }
+    }
+
+    fn aws(&mut self) {
+        let a = &self.cfg.aws;
+        use Section::Aws;
+        self.required(Aws, "region", a.region.as_deref());
+        self.required(Aws, "bucket", a.bucket.as_deref());
+        self.regions(Aws, a.region.as_deref(), &a.replication_regions);
+        // AWS RegisterImage: 3-128 characters of letters, digits, ( ) [ ] space . / - ' @ _
+        let ami_ok = |c: char| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c);
+        let n = a.ami_name.chars().count();
+        if !(3..=128).contains(&n) {
+            self.fail(Aws, "amiName", format!("amiName \"{}\" must be 3 to 128 characters long, is {n}", a.ami_name));
+        } else if let Some(bad) = a.ami_name.chars().find(|c| !ami_ok(*c)) {
+            self.fail(
+                Aws,
+                "amiName",
+                format!(
+                    "amiName \"{}\" contains `{bad}`; AMI names allow letters, digits, spaces and ( ) [ ] . / - ' @ _",
+                    a.ami_name
+                ),
+            );
+        }
+        if a.ami_description.chars().count() > 255 {
+            self.fail(Aws, "amiDescription", "amiDescription must be at most 255 characters".into());
+        }
+        if let Some(bucket) = a.bucket.as_deref().filter(|b| !b.is_empty())
+            && let Some(why) = s3_bucket_problem(bucket)
+        {
+            self.fail(Aws, "bucket", format!("bucket \"{bucket}\" {why}"));
+        }
+        if a.blob_name.is_empty() || a.blob_name.len() > 1024 {
+            self.fail(Aws, "blobName", "blobName must be 1 to 1024 bytes long".into());
+        }
+        if let Some(c) = a.bucket_location_constraint.as_deref()
+            && !is_region_like(c)
+            && c != "EU"
+        {
+            self.fail(
+                Aws,
+                "bucketLocationConstraint",
+                format!("bucketLocationConstraint \"{c}\" is not an AWS region such as \"eu-central-1\""),
+            );
+        }
+        for region in a.region.iter().chain(&a.replication_regions) {
+            if !region.is_empty() && !is_region_like(region) {
+                let key = if Some(region) == a.region.as_ref() { "region" } else { "replicationRegions" };
+                self.fail(Aws, key, format!("\"{region}\" is not an AWS region name such as \"eu-central-1\""));
+            }
+        }
+    }
+
+    fn azure(&mut self) {
+        let z = &self.cfg.azure;
+        use Section::Azure;
+        self.required(Azure, "subscriptionID", z.subscription_id.as_deref());
+        self.required(Azure, "location", z.location.as_deref());
+        self.required(Azure, "resourceGroup", z.resource_group.as_deref());
+        self.required(Azure, "sharedImageGallery", z.shared_image_gallery.as_deref());
+        self.regions(Azure, z.location.as_deref(), &z.replication_regions);
+        if let Some(id) = z.subscription_id.as_deref().filter(|s| !s.is_empty())
+            && !is_guid(id)
+        {
+            self.fail(
+                Azure,
+                "subscriptionID",
+                format!("subscriptionID \"{id}\" must be a GUID such as 00000000-0000-0000-0000-000000000000"),
+            );
+        }
+        const VARIANTS: [&str; 3] = ["azure-sev-snp", "azure-tdx", "azure-trustedlaunch"];
+        if !VARIANTS.contains(&z.attestation_variant.as_str()) {
+            self.fail(
+                Azure,
+                "attestationVariant",
+                format!("attestationVariant \"{}\" must be one of {}", z.attestation_variant, VARIANTS.join(", ")),
+            );
+        }
+        match z.sharing_profile.as_str() {
+            "private" => {}
+            "community" => match z.sharing_name_prefix.as_deref() {
+                None | Some("") => self.fail(
+                    Azure,
+                    "sharingNamePrefix",
+                    "sharingProfile \"community\" needs `sharingNamePrefix` (5 to 16 letters and digits)".into(),
+                ),
+                Some(_) => {}
+            },
+            "groups" => self.fail(
+                Azure,
+                "sharingProfile",
+                "sharingProfile \"groups\" is not supported; use \"private\" or \"community\"".into(),
+            ),
+            other => self.fail(
+                Azure,
+                "sharingProfile",
+                format!("sharingProfile \"{other}\" must be \"private\" or \"community\""),
+            ),
+        }
+        if let Some(prefix) = z.sharing_name_prefix.as_deref().filter(|p| !p.is_empty())
+            && (!(5..=16).contains(&prefix.len()) || !prefix.chars().all(|c| c.is_ascii_alphanumeric()))
+        {
+            self.fail(
+                Azure,
+                "sharingNamePrefix",
+                format!("sharingNamePrefix \"{prefix}\" must be 5 to 16 letters and digits"),
+            );
+        }
+        if let Some(g) = z.shared_image_gallery.as_deref().filter(|g| !g.is_empty())
+            && !(g.len() <= 80
+                && g.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+                && g.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && g.ends_with(|c: char| c.is_ascii_alphanumeric()))
+        {
+            self.fail(
+                Azure,
+                "sharedImageGallery",
+                format!("sharedImageGallery \"{g}\" must be 1 to 80 letters, digits, `_` and `.`, starting and ending with a letter or digit (no hyphens)"),
+            );
+        }
+        if let Some(rg) = z.resource_group.as_deref().filter(|g| !g.is_empty())
+            && !(rg.chars().count() <= 90
+                && rg.chars().all(|c| c.is_alphanumeric() || "_-.()".contains(c))
+                && !rg.ends_with('.'))
+        {
+            self.fail(
+                Azure,
+                "resourceGroup",
+                format!("resourceGroup \"{rg}\" must be 1 to 90 letters, digits, `_ - . ( )`, not ending in `.`"),
+            );
+        }
+        let dashed_name = |s: &str| {
+            !s.is_empty() && s.len() <= 80 && s.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+        };
+        if !(dashed_name(&z.image_definition_name)
+            && z.image_definition_name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && z.image_definition_name.ends_with(|c: char| c.is_ascii_alphanumeric()))
+        {
+            self.fail(
+                Azure,
+                "imageDefinitionName",
+                format!("imageDefinitionName \"{}\" must be 1 to 80 letters, digits, `_ - .`, starting and ending with a letter or digit", z.image_definition_name),
+            );
+        }
+        if !dashed_name(&z.disk_name) {
+            self.fail(
+                Azure,
+                "diskName",
+                format!("diskName \"{}\" must be 1 to 80 letters, digits, `_ - .`", z.disk_name),
+            );
+        }
+        for (key, value) in [("offer", &z.offer), ("sku", &z.sku), ("publisher", &z.publisher)] {
+            if value.is_empty() || value.len() > 128 {
+                self.fail(Azure, key, format!("{key} must be 1 to 128 characters"));
+            }
+        }
+        let v = self.cfg.image_version;
+        if [v.major, v.minor, v.patch].iter().any(|p| *p > i32::MAX as u64) {
+            self.fail(
+                Section::Common,
+                "imageVersion",
+                format!("image version {v} cannot be an Azure gallery version: each part must be at most {}", i32::MAX),
+            );
+        }
+    }
+
+    fn gcp(&mut self) {
+        let g = &self.cfg.gcp;
+        use Section::Gcp;
+        self.required(Gcp, "project", g.project.as_deref());
+        self.required(Gcp, "location", g.location.as_deref());
+        self.required(Gcp, "bucket", g.bucket.as_deref());
+        if let Some(p) = g.project.as_deref().filter(|p| !p.is_empty())
+            && !((6..=30).contains(&p.len()) && is_gce_name(p))
+        {
+            self.fail(
+                Gcp,
+                "project",
+                format!(
+                    "project \"{p}\" must be 6 to 30 lowercase letters, digits and hyphens, starting with a letter"
+                ),
+            );
+        }
+        for (key, value) in [("imageName", &g.image_name), ("imageFamily", &g.image_family)] {
+            if !is_gce_name(value) {
+                self.fail(
+                    Gcp,
+                    key,
+                    format!("{key} \"{value}\" must match [a-z]([-a-z0-9]*[a-z0-9])? and be at most 63 characters"),
+                );
+            }
+        }
+        if let Some(b) = g.bucket.as_deref().filter(|b| !b.is_empty())
+            && !((3..=63).contains(&b.len())
+                && b.chars().all(|c| is_lower_alnum(c) || "-_.".contains(c))
+                && b.starts_with(is_lower_alnum)
+                && b.ends_with(is_lower_alnum))
+        {
+            self.fail(
+                Gcp,
+                "bucket",
+                format!("bucket \"{b}\" must be 3 to 63 lowercase letters, digits, `- _ .`, starting and ending with a letter or digit"),
+            );
+        }
+        if g.blob_name.is_empty() || g.blob_name.len() > 1024 {
+            self.fail(Gcp, "blobName", "blobName must be 1 to 1024 bytes long".into());
+        }
+    }
+
+    fn openstack(&mut self) {
+        let o = &self.cfg.openstack;
+        use Section::OpenStack;
+        self.required(OpenStack, "cloud", o.cloud.as_deref());
+        const VISIBILITY: [&str; 4] = ["public", "private", "shared", "community"];
+        if !VISIBILITY.contains(&o.visibility.as_str()) {
+            self.fail(
+                OpenStack,
+                "visibility",
+                format!("visibility \"{}\" must be one of {}", o.visibility, VISIBILITY.join(", ")),
+            );
+        }
+        if o.image_name.is_empty() || o.image_name.chars().count() > 255 {
+            self.fail(OpenStack, "imageName", "imageName must be 1 to 255 characters".into());
+        }
+        for (key, value) in [("minDiskGB", o.min_disk_gb), ("minRamMB", o.min_ram_mb)] {
+            if !(0..=i64::from(i32::MAX)).contains(&value) {
+                self.fail(OpenStack, key, format!("{key} must be between 0 and {}, is {value}", i32::MAX));
+            }
+        }
+    }
+}
+
+fn is_region_like(s: &str) -> bool {
+    // e.g. eu-central-1, us-gov-west-1, ap-southeast-3; loose on purpose so new regions need no release.
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.len() >= 3
+        && parts[..parts.len() - 1].iter().all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_lowercase()))
+        && parts.last().is_some_and(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+fn is_guid(s: &str) -> bool {
+    let s = s.strip_prefix('{').and_then(|s| s.strip_suffix('}')).unwrap_or(s);
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Why `bucket` breaks the S3 bucket naming rules, if it does.
+fn s3_bucket_problem(bucket: &str) -> Option<&'static str> {
+    if !(3..=63).contains(&bucket.len()) {
+        return Some("must be 3 to 63 characters long");
+    }
+    if !bucket.chars().all(|c| is_lower_alnum(c) || c == '.' || c == '-') {
+        return Some("may contain only lowercase letters, digits, `.` and `-`");
+    }
+    if !bucket.starts_with(is_lower_alnum) || !bucket.ends_with(is_lower_alnum) {
+        return Some("must begin and end with a letter or digit");
+    }
+    if bucket.contains("..") {
+        return Some("must not contain two adjacent periods");
+    }
+    if bucket.starts_with("xn--") || bucket.starts_with("sthree-") {
+        return Some("must not start with `xn--` or `sthree-`");
+    }
+    if bucket.ends_with("-s3alias") || bucket.ends_with("--ol-s3") {
+        return Some("must not end with `-s3alias` or `--ol-s3`");
+    }
+    if bucket.split('.').count() == 4 && bucket.split('.').all(|p| p.parse::<u8>().is_ok()) {
+        return Some("must not look like an IP address");
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gce_names_follow_rfc1035() {
+        assert!(is_gce_name("my-image-1-2-3"));
+        assert!(is_gce_name("a"));
+        for bad in ["", "1abc", "abc-", "ABC", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(!is_gce_name(bad), "{bad}");
+        }
+        assert!(is_gce_name(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn s3_bucket_rules() {
+        assert_eq!(s3_bucket_problem("my-bucket"), None);
+        assert!(s3_bucket_problem("My_Bucket").is_some());
+        assert!(s3_bucket_problem("ab").is_some());
+        assert!(s3_bucket_problem("a..b").is_some());
+        assert!(s3_bucket_problem("192.168.1.1").is_some());
+        assert!(s3_bucket_problem("x-s3alias").is_some());
+    }
+
+    #[test]
+    fn guid_and_region_shapes() {
+        assert!(is_guid("00000000-0000-0000-0000-000000000000"));
+        assert!(is_guid("{0A000000-0000-0000-0000-00000000000f}"));
+        assert!(!is_guid("0000-0000"));
+        assert!(is_region_like("eu-central-1"));
+        assert!(is_region_like("us-gov-west-1"));
+        assert!(!is_region_like("eucentral1"));
+        assert!(!is_region_like("eu-central"));
+    }
+}

@@ -1,0 +1,161 @@
+//! What an upload will do for each variant: the `--dry-run` output in text and JSON.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::config::{Provider, VariantConfig};
+
+/// The plan of one variant: its rendered configuration and the steps an upload takes.
+#[derive(Debug, Serialize)]
+pub struct VariantPlan<'a> {
+    /// The rendered configuration (serialized flat into this object).
+    #[serde(flatten)]
+    pub config: &'a VariantConfig,
+    /// Human-readable steps, in order.
+    pub steps: Vec<String>,
+}
+
+/// The whole plan, as printed by `--dry-run --output json`.
+#[derive(Debug, Serialize)]
+pub struct Plan<'a> {
+    /// One entry per enabled variant, sorted by name.
+    pub variants: Vec<VariantPlan<'a>>,
+}
+
+/// Builds the plan for `variants`. `image` is shown in the steps; `bumps` lists (file, old, new) for `-i`.
+pub fn plan<'a>(variants: &'a [VariantConfig], image: &Path) -> Plan<'a> {
+    Plan { variants: variants.iter().map(|cfg| VariantPlan { config: cfg, steps: steps(cfg, image) }).collect() }
+}
+
+fn list(items: &[String]) -> String {
+    items.join(", ")
+}
+
+/// The steps for one variant.
+pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
+    let image = image.display();
+    let version = cfg.image_version;
+    let mut s = Vec::new();
+    match cfg.provider {
+        Provider::Aws => {
+            let a = &cfg.aws;
+            let region = a.region.as_deref().unwrap_or_default();
+            s.push(format!(
+                "upload {image} as EBS snapshot \"{}\" in {region} (raw, holes and zero blocks skipped)",
+                a.snapshot_name
+            ));
+            s.push(format!(
+                "register AMI \"{}\" (\"{}\") in {region}, replacing an AMI of the same name owned by this account",
+                a.ami_name, a.ami_description
+            ));
+            if !a.replication_regions.is_empty() {
+                s.push(format!(
+                    "copy the AMI to {} in parallel and wait until available",
+                    list(&a.replication_regions)
+                ));
+            }
+            s.push(if a.publish {
+                "publish: grant launch permission to all AWS accounts".to_string()
+            } else {
+                "keep the AMI private (publish = false)".to_string()
+            });
+            s.push("print the AMI ARN of every region".to_string());
+        }
+        Provider::Azure => {
+            let z = &cfg.azure;
+            let rg = z.resource_group.as_deref().unwrap_or_default();
+            let location = z.location.as_deref().unwrap_or_default();
+            s.push(format!("convert {image} to a fixed VHD (padded to a whole MiB, 512-byte footer)"));
+            s.push(format!("ensure resource group \"{rg}\" in {location}"));
+            s.push(format!(
+                "upload to managed disk \"{}\" through a write SAS (page blob, zero ranges skipped)",
+                z.disk_name
+            ));
+            s.push(format!(
+                "ensure gallery \"{}\" (sharing: {}) and image definition \"{}\" ({}/{}/{}, {})",
+                z.shared_image_gallery.as_deref().unwrap_or_default(),
+                z.sharing_profile,
+                z.image_definition_name,
+                z.publisher,
+                z.offer,
+                z.sku,
+                z.attestation_variant
+            ));
+            let mut regions = vec![location.to_string()];
+            regions.extend(z.replication_regions.iter().cloned());
+            s.push(format!("create gallery image version {version} replicated to {}", list(&regions)));
+            s.push(format!("delete the temporary disk \"{}\"", z.disk_name));
+            s.push("print the gallery image version ID".to_string());
+        }
+        Provider::Gcp => {
+            let g = &cfg.gcp;
+            let bucket = g.bucket.as_deref().unwrap_or_default();
+            s.push(format!("convert {image} to a GCE tar.gz (sparse disk.raw, size rounded up to a whole GiB)"));
+            s.push(format!("upload to gs://{bucket}/{}", g.blob_name));
+            s.push(format!(
+                "create image \"{}\" in family \"{}\" in project {} (storage location {})",
+                g.image_name,
+                g.image_family,
+                g.project.as_deref().unwrap_or_default(),
+                g.location.as_deref().unwrap_or_default()
+            ));
+            s.push(if g.publish {
+                "publish: grant roles/compute.imageUser to allAuthenticatedUsers".to_string()
+            } else {
+                "keep the image private (publish = false)".to_string()
+            });
+            s.push(format!("delete gs://{bucket}/{}", g.blob_name));
+            s.push("print the image path".to_string());
+        }
+        Provider::OpenStack => {
+            let o = &cfg.openstack;
+            s.push(format!("convert {image} to qcow2"));
+            s.push(format!(
+                "create image \"{}\" in cloud \"{}\" (visibility {}, hidden {}, protected {}, min disk {} GB, min RAM {} MB)",
+                o.image_name,
+                o.cloud.as_deref().unwrap_or_default(),
+                o.visibility,
+                o.hidden,
+                o.protected,
+                o.min_disk_gb,
+                o.min_ram_mb
+            ));
+            s.push("upload the image data to Glance".to_string());
+            s.push("print the Glance image ID".to_string());
+        }
+    }
+    s
+}
+
+/// Renders the plan as text for a terminal.
+pub fn render_text(plan: &Plan<'_>) -> String {
+    let mut out = String::new();
+    for v in &plan.variants {
+        let c = v.config;
+        let title = match &c.variant {
+            Some(name) => format!("variant {name}"),
+            None => "base".to_string(),
+        };
+        out.push_str(&format!("{title}: {} {} on {}\n", c.name, c.image_version, c.provider.as_str()));
+        if let Some(file) = &c.image_version_file {
+            out.push_str(&format!("  version from {}\n", file.display()));
+        }
+        let section = match c.provider {
+            Provider::Aws => serde_json::to_value(&c.aws),
+            Provider::Azure => serde_json::to_value(&c.azure),
+            Provider::Gcp => serde_json::to_value(&c.gcp),
+            Provider::OpenStack => serde_json::to_value(&c.openstack),
+        };
+        if let Ok(serde_json::Value::Object(map)) = section {
+            for (key, value) in map {
+                out.push_str(&format!("  {}.{key} = {value}\n", c.provider.as_str()));
+            }
+        }
+        out.push_str("  steps:\n");
+        for (i, step) in v.steps.iter().enumerate() {
+            out.push_str(&format!("    {}. {step}\n", i + 1));
+        }
+    }
+    out
+}

@@ -1,0 +1,94 @@
+//! Shared helpers for the integration tests.
+#![allow(dead_code)]
+
+pub mod fixtures;
+
+use std::path::{Path, PathBuf};
+
+use assert_cmd::Command;
+
+/// A temporary config directory with an image file, removed on drop.
+pub struct Workspace {
+    /// The directory.
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    /// An empty workspace with a small sparse `system.raw`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let image = std::fs::File::create(dir.path().join("system.raw")).expect("image");
+        image.set_len(64 << 20).expect("set_len");
+        Self { dir }
+    }
+
+    /// The directory's path.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The image's path.
+    pub fn image(&self) -> PathBuf {
+        self.path().join("system.raw")
+    }
+
+    /// Writes a file relative to the workspace, creating directories.
+    pub fn write(&self, rel: &str, content: &str) -> &Self {
+        let path = self.path().join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, content).expect("write");
+        self
+    }
+
+    /// Reads a file relative to the workspace.
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path().join(rel)).expect("read")
+    }
+
+    /// `uplosi` with the workspace as current directory.
+    pub fn uplosi(&self) -> Command {
+        let mut cmd = Command::cargo_bin("uplosi").expect("binary");
+        cmd.current_dir(self.path());
+        cmd.env_remove("RUST_LOG");
+        cmd
+    }
+
+    /// Runs `uplosi upload system.raw --dry-run ARGS`, expects the configuration error exit code 2 with nothing on
+    /// stdout, and returns stderr.
+    pub fn config_error(&self, extra: &[&str]) -> String {
+        let out = self.uplosi().args(["upload", "system.raw", "--dry-run"]).args(extra).output().expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "expected exit code 2, stderr:\n{stderr}");
+        assert!(out.stdout.is_empty(), "nothing may be printed on stdout on error");
+        stderr
+    }
+
+    /// Runs `uplosi upload system.raw --dry-run --output json ARGS` and parses stdout.
+    pub fn plan_json(&self, extra: &[&str]) -> serde_json::Value {
+        let out = self
+            .uplosi()
+            .args(["upload", "system.raw", "--dry-run", "--output", "json"])
+            .args(extra)
+            .output()
+            .expect("run");
+        assert!(
+            out.status.success(),
+            "uplosi failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+    }
+}
+
+/// Finds the plan entry of `variant` in a dry-run JSON document.
+pub fn variant<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    plan["variants"]
+        .as_array()
+        .expect("variants array")
+        .iter()
+        .find(|v| v["variant"] == name)
+        .unwrap_or_else(|| panic!("variant {name} not in plan: {plan}"))
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::format::TargetFormat;
 use crate::version::BumpPart;
 
 const EXAMPLES: &str = "\
@@ -111,20 +112,6 @@ pub struct UploadArgs {
     /// Format of stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
-}
-
-/// Target format of `uplosi convert`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum TargetFormat {
-    /// Fixed VHD, as Azure requires (data padded to a whole MiB, then a 512-byte footer).
-    Vhd,
-    /// qcow2 version 3 with 64 KiB clusters, for libvirt and OpenStack.
-    Qcow2,
-    /// GCE import archive: one sparse member `disk.raw`, size rounded up to a whole GiB, gzip-compressed.
-    #[value(name = "tar.gz")]
-    TarGz,
-    /// A sparse copy of the raw image.
-    Raw,
 }
 
 /// Arguments of `uplosi convert`.

@@ -3,11 +3,18 @@
 //! The pieces, in the order data flows through them:
 //! - [`config`] reads `uplosi.conf` and `uplosi.conf.d/*.conf` into validated [`config::VariantConfig`]s;
 //! - [`version`] owns image versions and the atomic version-file bump;
+//! - [`image`] opens the source and maps where its data is; [`format`] turns that map into VHD, qcow2, tar.gz or
+//!   raw streams without temporary copies; [`convert`] writes one to a file;
 //! - [`plan`] describes what an upload will do (the `--dry-run` output);
 //! - [`cli`] defines the command line, and [`app`] runs it.
 
 pub mod app;
+pub mod cancel;
 pub mod cli;
 pub mod config;
+pub mod convert;
+pub mod format;
+pub mod image;
 pub mod plan;
+pub mod progress;
 pub mod version;

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         (false, 1) => "debug",
         _ => "trace",
     };
+    uplosi::progress::set_quiet(cli.quiet);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("uplosi={level},warn")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)

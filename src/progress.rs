@@ -1,0 +1,47 @@
+//! Progress bars on stderr, shown only when stderr is a terminal and the user did not ask for quiet.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// Turns progress bars off for the whole process (`-q`).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
+/// A byte-counting progress bar; hidden when not on a terminal. Cheap to clone and safe to share.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    bar: ProgressBar,
+}
+
+impl Progress {
+    /// A bar for `total` bytes labelled `label`.
+    pub fn bytes(total: u64, label: &str) -> Self {
+        let visible = !QUIET.load(Ordering::Relaxed) && std::io::stderr().is_terminal();
+        let bar = if visible { ProgressBar::new(total) } else { ProgressBar::hidden() };
+        if visible {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+        }
+        bar.set_message(label.to_string());
+        Self { bar }
+    }
+
+    /// Adds `n` bytes.
+    pub fn inc(&self, n: u64) {
+        self.bar.inc(n);
+    }
+
+    /// Removes the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 export PATH="$PATH:/usr/sbin:/sbin"
 
-for tool in qemu-img pigz /usr/bin/time mkfs.ext4 mkfs.vfat sfdisk mcopy python3; do
+for tool in qemu-img pigz /usr/bin/time python3; do
     command -v "$tool" >/dev/null || { echo "bench needs $tool (apt-get install qemu-utils pigz time e2fsprogs dosfstools fdisk mtools)" >&2; exit 2; }
 done
 
@@ -24,62 +24,7 @@ UPLOSI="$CARGO_TARGET_DIR/release/uplosi"
 if [ $# -ge 1 ]; then WORK="$1"; mkdir -p "$WORK"; else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
 IMG="$WORK/system.raw"
 
-build_image() {
-    local tree="$WORK/tree"
-    rm -rf "$tree" && mkdir -p "$tree/usr" "$tree/data"
-    head -c $((150 << 20)) /dev/urandom > "$tree/data/random.bin"
-    python3 - "$tree/data/text.txt" <<'PY'
-import random, sys
-random.seed(1)
-words = open("/usr/share/dict/words").read().split() if __import__("os").path.exists("/usr/share/dict/words") else \
-    "image kernel initrd systemd confidential attestation measured boot secure enclave policy".split()
-with open(sys.argv[1], "w") as f:
-    written = 0
-    while written < 150 << 20:
-        line = " ".join(random.choice(words) for _ in range(12)) + "\n"
-        f.write(line); written += len(line)
-PY
-    # Real binaries: copy /usr/lib and /usr/bin until about 300 MiB.
-    python3 - "$tree/usr" <<'PY'
-import os, shutil, sys
-budget, dest = 300 << 20, sys.argv[1]
-for root in ("/usr/lib", "/usr/bin", "/usr/libexec", "/usr/share"):
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            src = os.path.join(dirpath, name)
-            if os.path.islink(src) or not os.path.isfile(src):
-                continue
-            size = os.path.getsize(src)
-            if size > budget:
-                continue
-            dst = os.path.join(dest, os.path.relpath(src, "/usr"))
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            try:
-                shutil.copyfile(src, dst)
-            except OSError:
-                continue
-            budget -= size
-            if budget <= 0:
-                sys.exit(0)
-PY
-    truncate -s 2560M "$IMG"
-    printf 'label: gpt\n,64MiB,U\n,,L\n' | sfdisk --quiet "$IMG"
-    local esp_start esp_size root_start root_size
-    read -r esp_start esp_size root_start root_size < <(sfdisk --json "$IMG" | python3 -c '
-import json, sys
-p = json.load(sys.stdin)["partitiontable"]["partitions"]
-print(p[0]["start"], p[0]["size"], p[1]["start"], p[1]["size"])')
-    mkfs.vfat -C "$WORK/esp.img" $((esp_size / 2)) >/dev/null
-    head -c $((20 << 20)) /dev/urandom > "$WORK/BOOTX64.EFI"
-    mmd -i "$WORK/esp.img" ::/EFI ::/EFI/BOOT && mcopy -i "$WORK/esp.img" "$WORK/BOOTX64.EFI" ::/EFI/BOOT/
-    truncate -s $((root_size * 512)) "$WORK/root.img"
-    mkfs.ext4 -q -F -E root_owner=0:0 -d "$tree" "$WORK/root.img"
-    dd if="$WORK/esp.img" of="$IMG" bs=512 seek="$esp_start" conv=notrunc,sparse status=none
-    dd if="$WORK/root.img" of="$IMG" bs=1M seek=$((root_start * 512)) oflag=seek_bytes conv=notrunc,sparse status=none
-    rm -rf "$tree" "$WORK/esp.img" "$WORK/root.img" "$WORK/BOOTX64.EFI"
-}
-
-[ -f "$IMG" ] || build_image
+[ -f "$IMG" ] || bench/make-image.sh "$IMG"
 cat "$IMG" > /dev/null # warm the page cache
 echo "input: $(du -h --apparent-size "$IMG" | cut -f1) apparent, $(du -h "$IMG" | cut -f1) allocated"
 

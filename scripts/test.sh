@@ -2,7 +2,8 @@
 # Runs the whole uplosi test suite on a fresh Debian/Ubuntu machine.
 #
 # It installs the tools the tests drive (qemu-img checks every image we write; sfdisk, mkfs.ext4, mkfs.vfat and
-# mtools build the GPT fixture image; pigz is a benchmark peer), then runs `cargo test`.
+# mtools build the GPT fixture image; pigz is a benchmark peer; moto is the AWS emulator the tests start on
+# 127.0.0.1), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,5 +22,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
+
+if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
+    echo "installing: moto[server] (PyPI)" >&2
+    python3 -m pip install --quiet "moto[server]>=5"
+fi
 
 cargo test --no-fail-fast "$@"

@@ -12,6 +12,7 @@ use crate::config::{Config, ConfigError, VariantConfig};
 use crate::convert::{self, ConvertError, ConvertOptions};
 use crate::image::{ImageError, SourceImage};
 use crate::plan;
+use crate::provider::{self, ProviderError, UploadOptions};
 use crate::version::{self, ImageVersion, VersionError};
 
 /// Why a command failed. [`AppError::exit_code`] maps it to the documented exit codes.
@@ -26,17 +27,15 @@ pub enum AppError {
     /// Writing a version file failed.
     #[error(transparent)]
     Version(#[from] VersionError),
-    /// A provider this build cannot upload to yet.
-    #[error(
-        "uploading to {provider} is not available in this version of uplosi ({variant}); nothing was uploaded. \
-         Run with --dry-run to check the configuration, or disable the variant with --disable-variant-glob"
-    )]
-    ProviderUnavailable {
-        /// The provider.
-        provider: &'static str,
-        /// Which variant asked for it.
-        variant: String,
-    },
+    /// An upload failed.
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    /// Several variants failed.
+    #[error("{} variants failed:\n{}", .0.len(), .0.iter().map(|(v, e)| format!("  {v}: {e}")).collect::<Vec<_>>().join("\n"))]
+    Variants(Vec<(String, ProviderError)>),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
     /// The source image is unusable.
     #[error(transparent)]
     Image(#[from] ImageError),
@@ -57,6 +56,8 @@ impl AppError {
             AppError::Image(e) if !matches!(e, ImageError::Read { .. }) => 2,
             AppError::Convert(e) if e.is_interrupted() => 130,
             AppError::Convert(e) if e.is_usage() => 2,
+            AppError::Provider(e) if e.is_interrupted() => 130,
+            AppError::Provider(ProviderError::Unavailable { .. }) => 2,
             _ => 1,
         }
     }
@@ -117,9 +118,46 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         return Ok(());
     }
 
-    // Every provider is checked before the first upload starts, so a run never stops half-way for this reason.
-    if let Some(v) = variants.first() {
-        return Err(AppError::ProviderUnavailable { provider: v.provider.as_str(), variant: v.label() });
+    // Every provider and every credential is checked before the first byte moves, so a run does not stop half-way
+    // for a reason that was knowable up front.
+    provider::check_supported(&variants)?;
+    let image = SourceImage::open(&args.image)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
+    let options = UploadOptions { concurrency: args.concurrency as usize, cancel: Cancel::on_signals() };
+    let results = runtime.block_on(async {
+        for cfg in &variants {
+            provider::preflight(cfg).await?;
+        }
+        // Variants upload in parallel; each keeps its own order of steps.
+        let uploads = variants.iter().map(|cfg| provider::upload(cfg, &image, &options));
+        Ok::<_, ProviderError>(futures_join_all(uploads).await)
+    })?;
+
+    let mut references = Vec::new();
+    let mut failures = Vec::new();
+    for (cfg, result) in variants.iter().zip(results) {
+        match result {
+            Ok(refs) => references.extend(refs.into_iter().map(|r| (cfg, r))),
+            Err(e) => failures.push((cfg.label(), e)),
+        }
+    }
+    let stdout = match args.output {
+        OutputFormat::Text => references.iter().map(|(_, r)| format!("{r}\n")).collect::<String>(),
+        OutputFormat::Json => {
+            let list: Vec<serde_json::Value> = references
+                .iter()
+                .map(|(cfg, r)| serde_json::json!({"variant": cfg.variant, "provider": cfg.provider, "reference": r}))
+                .collect();
+            serde_json::to_string_pretty(&serde_json::json!({ "references": list }))
+                .map_err(|e| AppError::Stdout(e.into()))?
+                + "\n"
+        }
+    };
+    std::io::stdout().write_all(stdout.as_bytes()).map_err(AppError::Stdout)?;
+    match failures.len() {
+        0 => {}
+        1 => return Err(AppError::Provider(failures.remove(0).1)),
+        _ => return Err(AppError::Variants(failures)),
     }
 
     if args.increment_version {
@@ -154,4 +192,23 @@ fn convert(args: &ConvertArgs) -> Result<(), AppError> {
         report.elapsed.as_secs_f64()
     );
     Ok(())
+}
+
+/// Awaits all futures concurrently and returns their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<_> = futures.map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut pending: Vec<_> = futures.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => {
+                outputs[*i] = Some(out);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }

@@ -112,6 +112,10 @@ pub struct UploadArgs {
     /// Format of stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
+
+    /// Parallel block uploads per variant (EBS blocks are 512 KiB each).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
 }
 
 /// Arguments of `uplosi convert`.

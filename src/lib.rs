@@ -17,4 +17,6 @@ pub mod format;
 pub mod image;
 pub mod plan;
 pub mod progress;
+pub mod provider;
+pub mod transfer;
 pub mod version;

@@ -41,10 +41,19 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
         Provider::Aws => {
             let a = &cfg.aws;
             let region = a.region.as_deref().unwrap_or_default();
-            s.push(format!(
-                "upload {image} as EBS snapshot \"{}\" in {region} (raw, holes and zero blocks skipped)",
-                a.snapshot_name
-            ));
+            if a.upload_method == "import-snapshot" {
+                let bucket = a.bucket.as_deref().unwrap_or_default();
+                s.push(format!("upload {image} to s3://{bucket}/{} (parallel multipart)", a.blob_name));
+                s.push(format!(
+                    "import it as EBS snapshot \"{}\" in {region}, then delete the object",
+                    a.snapshot_name
+                ));
+            } else {
+                s.push(format!(
+                    "upload {image} as EBS snapshot \"{}\" in {region} with the EBS direct APIs (holes and zero blocks skipped)",
+                    a.snapshot_name
+                ));
+            }
             s.push(format!(
                 "register AMI \"{}\" (\"{}\") in {region}, replacing an AMI of the same name owned by this account",
                 a.ami_name, a.ami_description
@@ -60,6 +69,12 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
             } else {
                 "keep the AMI private (publish = false)".to_string()
             });
+            if !a.launch_permissions.is_empty() {
+                s.push(format!("share with {}", list(&a.launch_permissions)));
+            }
+            if let Some(parameter) = &a.ssm_parameter {
+                s.push(format!("set SSM parameter {parameter} to the AMI ID in every region"));
+            }
             s.push("print the AMI ARN of every region".to_string());
         }
         Provider::Azure => {

@@ -66,6 +66,20 @@ pub struct AwsConfig {
     pub blob_name: String,
     pub snapshot_name: String,
     pub publish: bool,
+    pub upload_method: String,
+    pub architecture: String,
+    pub boot_mode: String,
+    pub tpm_support: String,
+    pub imds_support: String,
+    /// Resolved against the config directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uefi_data: Option<PathBuf>,
+    pub volume_type: String,
+    pub tags: BTreeMap<String, String>,
+    pub replace: bool,
+    pub launch_permissions: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ssm_parameter: Option<String>,
 }
 
 /// `[….azure]`, rendered.
@@ -349,6 +363,17 @@ pub fn resolve(
         blob_name: r.string(Aws, "blobName"),
         snapshot_name: r.string(Aws, "snapshotName"),
         publish: r.bool(Aws, "publish"),
+        upload_method: r.string(Aws, "uploadMethod"),
+        architecture: r.string(Aws, "architecture"),
+        boot_mode: r.string(Aws, "bootMode"),
+        tpm_support: r.string(Aws, "tpmSupport"),
+        imds_support: r.string(Aws, "imdsSupport"),
+        uefi_data: r.opt_string(Aws, "uefiData").filter(|p| !p.is_empty()).map(|p| dir.join(p)),
+        volume_type: r.string(Aws, "volumeType"),
+        tags: r.map(Aws, "tags"),
+        replace: r.bool(Aws, "replace"),
+        launch_permissions: r.list(Aws, "launchPermissions"),
+        ssm_parameter: r.opt_string(Aws, "ssmParameter").filter(|p| !p.is_empty()),
     };
     let azure = AzureConfig {
         subscription_id: r.opt_string(Azure, "subscriptionID"),

@@ -127,6 +127,17 @@ pub const AWS_KEYS: &[KeySpec] = &[
     tmpl("blobName", Some("\"{{.Name}}-{{.Version}}.raw\"")),
     tmpl("snapshotName", Some("\"{{.Name}}-{{.Version}}\"")),
     with_default("publish", Kind::Bool, "false"),
+    with_default("uploadMethod", Kind::String, "\"ebs-direct\""),
+    with_default("architecture", Kind::String, "\"x86_64\""),
+    with_default("bootMode", Kind::String, "\"uefi\""),
+    with_default("tpmSupport", Kind::String, "\"v2.0\""),
+    with_default("imdsSupport", Kind::String, "\"v2.0\""),
+    key("uefiData", Kind::String),
+    with_default("volumeType", Kind::String, "\"gp3\""),
+    with_default("tags", Kind::StringMap, "{}"),
+    with_default("replace", Kind::Bool, "true"),
+    with_default("launchPermissions", Kind::StringList, "[]"),
+    tmpl("ssmParameter", None),
 ];
 
 /// Keys of `[….azure]`.

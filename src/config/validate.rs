@@ -90,7 +90,58 @@ impl Checker<'_> {
         let a = &self.cfg.aws;
         use Section::Aws;
         self.required(Aws, "region", a.region.as_deref());
-        self.required(Aws, "bucket", a.bucket.as_deref());
+        match a.upload_method.as_str() {
+            "ebs-direct" => {}
+            "import-snapshot" => self.required(Aws, "bucket", a.bucket.as_deref()),
+            other => self.fail(
+                Aws,
+                "uploadMethod",
+                format!("uploadMethod \"{other}\" must be \"ebs-direct\" or \"import-snapshot\""),
+            ),
+        }
+        let choices: [(&str, &str, &[&str]); 5] = [
+            ("architecture", &a.architecture, &["x86_64", "arm64"]),
+            ("bootMode", &a.boot_mode, &["uefi", "legacy-bios", "uefi-preferred"]),
+            ("tpmSupport", &a.tpm_support, &["v2.0", ""]),
+            ("imdsSupport", &a.imds_support, &["v2.0", ""]),
+            ("volumeType", &a.volume_type, &["gp3", "gp2", "io1", "io2", "standard"]),
+        ];
+        for (key, value, allowed) in choices {
+            if !allowed.contains(&value) {
+                let shown: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+                self.fail(Aws, key, format!("{key} \"{value}\" must be one of {}", shown.join(", ")));
+            }
+        }
+        if a.tpm_support == "v2.0" && a.boot_mode == "legacy-bios" {
+            self.fail(
+                Aws,
+                "tpmSupport",
+                "tpmSupport \"v2.0\" needs UEFI: set bootMode = \"uefi\" or tpmSupport = \"\"".into(),
+            );
+        }
+        if let Some(path) = &a.uefi_data
+            && !path.is_file()
+        {
+            self.fail(Aws, "uefiData", format!("uefiData file {} does not exist", path.display()));
+        }
+        for permission in &a.launch_permissions {
+            let account = permission.len() == 12 && permission.chars().all(|c| c.is_ascii_digit());
+            let org = permission.starts_with("arn:")
+                && (permission.contains(":organization/") || permission.contains(":ou/"));
+            if !account && !org {
+                self.fail(
+                    Aws,
+                    "launchPermissions",
+                    format!("launchPermissions entry \"{permission}\" must be a 12-digit account ID or an organization or OU ARN"),
+                );
+            }
+        }
+        if let Some(name) = &a.ssm_parameter
+            && !name.starts_with('/')
+            && name.contains('/')
+        {
+            self.fail(Aws, "ssmParameter", format!("ssmParameter \"{name}\" must start with `/` when it has a path"));
+        }
         self.regions(Aws, a.region.as_deref(), &a.replication_regions);
         // AWS RegisterImage: 3-128 characters of letters, digits, ( ) [ ] space . / - ' @ _
         let ami_ok = |c: char| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c);

@@ -1,0 +1,208 @@
+//! Uploading the image as an EBS snapshot through the EBS direct APIs (as awslabs/coldsnap does).
+//!
+//! Only 512 KiB blocks that hold data are read and sent: holes and all-zero blocks never leave the machine, and a
+//! new snapshot reads them as zeros. Each block carries its SHA-256; CompleteSnapshot gets the block count and the
+//! linear aggregate checksum (SHA-256 over the blocks' checksums in index order), so AWS verifies the whole.
+//! Blocks go up on a bounded number of concurrent requests; each request has its own retry loop with jittered
+//! backoff ([`RetryPolicy`]) and the SDK's own retries are off, with coldsnap's timeouts (read 12 s, attempt 20 s).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use aws_sdk_ebs::primitives::ByteStream;
+use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use sha2::{Digest, Sha256};
+
+use super::error::{self, AwsError};
+use crate::image::{ExtentMap, SourceImage};
+use crate::progress::Progress;
+use crate::provider::UploadOptions;
+use crate::transfer::{RetryPolicy, read_at, run_bounded};
+
+/// EBS direct block size.
+pub const BLOCK_SIZE: u64 = 512 * 1024;
+const GIB: u64 = 1 << 30;
+
+/// What the upload did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UploadStats {
+    /// Blocks sent.
+    pub blocks: u64,
+    /// Bytes sent (block payloads).
+    pub bytes: u64,
+}
+
+/// The IAM actions the EBS direct path needs, for the access-denied hint.
+const EBS_ACTIONS_HINT: &str = "the EBS direct upload needs ebs:StartSnapshot, ebs:PutSnapshotBlock and \
+ebs:CompleteSnapshot (plus ec2:DescribeSnapshots and ec2:DeleteSnapshot); roles made for the Go uplosi may lack \
+them. Grant them, or set uploadMethod = \"import-snapshot\" to upload through S3 instead";
+
+/// Where a snapshot goes: the EBS data plane and EC2 control plane clients of one region.
+#[derive(Clone, Debug)]
+pub struct Target<'a> {
+    /// EBS direct client (see [`client`]).
+    pub ebs: &'a aws_sdk_ebs::Client,
+    /// EC2 client, for waiting and cleanup.
+    pub ec2: &'a aws_sdk_ec2::Client,
+    /// The region, for messages.
+    pub region: &'a str,
+}
+
+/// Uploads the blocks of `map` (coarsened to 512 KiB) as a new snapshot and waits until it is completed.
+/// On any failure or interruption the snapshot is deleted before returning.
+pub async fn upload(
+    target: Target<'_>,
+    image: &SourceImage,
+    map: &ExtentMap,
+    tags: &[(String, String)],
+    description: &str,
+    options: &UploadOptions,
+) -> Result<(String, UploadStats), AwsError> {
+    let Target { ebs, ec2, region } = target;
+    let volume_gib = image.size.div_ceil(GIB).max(1) as i64;
+    let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+    let client_token = format!("uplosi-{:032x}", rand::random::<u128>());
+    let retry = RetryPolicy::default();
+    let started = retry
+        .run(
+            |_| {
+                ebs.start_snapshot()
+                    .volume_size(volume_gib)
+                    .client_token(&client_token)
+                    .description(description)
+                    .set_tags(Some(tags.clone()))
+                    .timeout(60)
+                    .send()
+            },
+            error::verdict,
+        )
+        .await
+        .map_err(|e| {
+            if error::is_access_denied(&e) {
+                error::call_with_hint(region, "StartSnapshot", &e, EBS_ACTIONS_HINT)
+            } else {
+                error::call(region, "StartSnapshot", &e)
+            }
+        })?;
+    let snapshot_id = started.snapshot_id().unwrap_or_default().to_string();
+    if snapshot_id.is_empty() {
+        return Err(AwsError::State { region: region.into(), what: "StartSnapshot returned no snapshot ID".into() });
+    }
+    tracing::info!("AWS {region}: uploading {} as snapshot {snapshot_id}", image.path.display());
+
+    let result = async {
+        let stats = put_blocks(ebs, region, &snapshot_id, image, map, options).await?;
+        super::snapshot::wait_completed(ec2, region, &snapshot_id, &options.cancel).await?;
+        Ok::<_, AwsError>(stats)
+    }
+    .await;
+    match result {
+        Ok(stats) => Ok((snapshot_id, stats)),
+        Err(e) => {
+            tracing::warn!("AWS {region}: deleting incomplete snapshot {snapshot_id}");
+            super::snapshot::delete(ec2, region, &snapshot_id).await;
+            Err(e)
+        }
+    }
+}
+
+async fn put_blocks(
+    ebs: &aws_sdk_ebs::Client,
+    region: &str,
+    snapshot_id: &str,
+    image: &SourceImage,
+    map: &ExtentMap,
+    options: &UploadOptions,
+) -> Result<UploadStats, AwsError> {
+    let blocks: Vec<u64> = map
+        .coarsen(BLOCK_SIZE)
+        .extents
+        .iter()
+        .flat_map(|e| (e.start / BLOCK_SIZE)..e.end().div_ceil(BLOCK_SIZE))
+        .collect();
+    let progress = Progress::bytes(blocks.len() as u64 * BLOCK_SIZE, "EBS");
+    let file = Arc::new(image.file.try_clone().map_err(|source| AwsError::Read { offset: 0, source })?);
+    let sent = Arc::new(AtomicU64::new(0));
+    let result = run_bounded(blocks, options.concurrency, &options.cancel, |index| {
+        let (ebs, file, sent, progress) = (ebs.clone(), Arc::clone(&file), Arc::clone(&sent), progress.clone());
+        let (snapshot_id, region) = (snapshot_id.to_string(), region.to_string());
+        async move {
+            let offset = index * BLOCK_SIZE;
+            let data =
+                read_at(file, offset, BLOCK_SIZE as usize).await.map_err(|source| AwsError::Read { offset, source })?;
+            let digest: [u8; 32] = Sha256::digest(&data).into();
+            let checksum = BASE64.encode(digest);
+            let body = bytes::Bytes::from(data);
+            RetryPolicy::default()
+                .run(
+                    |_| {
+                        ebs.put_snapshot_block()
+                            .snapshot_id(&snapshot_id)
+                            .block_index(index as i32)
+                            .block_data(ByteStream::from(body.clone()))
+                            .data_length(BLOCK_SIZE as i32)
+                            .checksum(&checksum)
+                            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                            .send()
+                    },
+                    error::verdict,
+                )
+                .await
+                .map_err(|e| {
+                    if error::is_access_denied(&e) {
+                        error::call_with_hint(&region, "PutSnapshotBlock", &e, EBS_ACTIONS_HINT)
+                    } else {
+                        error::call(&region, "PutSnapshotBlock", &e)
+                    }
+                })?;
+            sent.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+            progress.inc(BLOCK_SIZE);
+            Ok::<_, AwsError>((index, digest))
+        }
+    })
+    .await;
+    progress.finish();
+    let mut checksums = result.map_err(|stopped| error::stopped(region, "the block upload", stopped))?;
+
+    checksums.sort_by_key(|(index, _)| *index);
+    let mut aggregate = Sha256::new();
+    for (_, digest) in &checksums {
+        aggregate.update(digest);
+    }
+    let aggregate = BASE64.encode(aggregate.finalize());
+    // CompleteSnapshot is limited to 10 requests per second per account: retries back off.
+    RetryPolicy { max_attempts: 10, ..RetryPolicy::default() }
+        .run(
+            |_| {
+                ebs.complete_snapshot()
+                    .snapshot_id(snapshot_id)
+                    .changed_blocks_count(checksums.len() as i32)
+                    .checksum(&aggregate)
+                    .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                    .checksum_aggregation_method(ChecksumAggregationMethod::ChecksumAggregationLinear)
+                    .send()
+            },
+            error::verdict,
+        )
+        .await
+        .map_err(|e| error::call(region, "CompleteSnapshot", &e))?;
+    Ok(UploadStats { blocks: checksums.len() as u64, bytes: sent.load(Ordering::Relaxed) })
+}
+
+/// SDK settings for the EBS data plane: coldsnap's timeouts, and no SDK retries because every block has its own
+/// retry loop.
+pub fn client(config: &aws_config::SdkConfig) -> aws_sdk_ebs::Client {
+    let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(12))
+        .operation_attempt_timeout(Duration::from_secs(20))
+        .build();
+    let conf = aws_sdk_ebs::config::Builder::from(config)
+        .timeout_config(timeouts)
+        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+        .build();
+    aws_sdk_ebs::Client::from_conf(conf)
+}

@@ -1,0 +1,73 @@
+//! Cloud providers: each stages the data, registers the image, replicates and publishes it, and cleans up after
+//! itself. No provider knows about another; this module only dispatches.
+
+pub mod aws;
+
+use thiserror::Error;
+
+use crate::cancel::Cancel;
+use crate::config::{Provider, VariantConfig};
+use crate::image::SourceImage;
+
+/// Knobs shared by all providers.
+#[derive(Clone, Debug)]
+pub struct UploadOptions {
+    /// Parallel block or part uploads.
+    pub concurrency: usize,
+    /// Raised by Ctrl-C.
+    pub cancel: Cancel,
+}
+
+/// Why an upload failed.
+#[derive(Debug, Error)]
+pub enum ProviderError {
+    /// AWS failed.
+    #[error(transparent)]
+    Aws(#[from] aws::AwsError),
+    /// This build cannot upload to the provider.
+    #[error(
+        "uploading to {provider} is not available in this version of uplosi ({variant}); nothing was uploaded. \
+         Run with --dry-run to check the configuration, or disable the variant with --disable-variant-glob"
+    )]
+    Unavailable {
+        /// The provider.
+        provider: &'static str,
+        /// Which variant asked for it.
+        variant: String,
+    },
+}
+
+impl ProviderError {
+    /// Whether the run was interrupted by a signal.
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, ProviderError::Aws(aws::AwsError::Interrupted))
+    }
+}
+
+/// Fails before any work if a provider of `variants` cannot be uploaded to by this build.
+pub fn check_supported(variants: &[VariantConfig]) -> Result<(), ProviderError> {
+    match variants.iter().find(|v| v.provider != Provider::Aws) {
+        Some(v) => Err(ProviderError::Unavailable { provider: v.provider.as_str(), variant: v.label() }),
+        None => Ok(()),
+    }
+}
+
+/// Checks credentials and reachability for `cfg` before any data moves.
+pub async fn preflight(cfg: &VariantConfig) -> Result<(), ProviderError> {
+    match cfg.provider {
+        Provider::Aws => Ok(aws::preflight(cfg).await?),
+        other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
+    }
+}
+
+/// Uploads `image` as configured by `cfg` and returns the references to print.
+pub async fn upload(
+    cfg: &VariantConfig,
+    image: &SourceImage,
+    options: &UploadOptions,
+) -> Result<Vec<String>, ProviderError> {
+    match cfg.provider {
+        Provider::Aws => Ok(aws::upload(cfg, image, options).await?),
+        other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
+    }
+}

@@ -1,0 +1,287 @@
+//! Moving bytes to clouds: the one retry policy, the one bounded-concurrency loop and the one poller every provider
+//! uses.
+//!
+//! Providers classify their own errors into [`Verdict::Retry`] (throttling, 5xx, timeouts, connection resets) and
+//! [`Verdict::Fail`] (access denied, validation); everything else about retrying, limiting and waiting lives here.
+
+use std::fs::File;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::cancel::Cancel;
+
+/// Whether an error is worth another attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Transient: try again after a backoff.
+    Retry,
+    /// Permanent: give up at once.
+    Fail,
+}
+
+/// Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in total, including the first.
+    pub max_attempts: u32,
+    /// Upper bound of the first delay.
+    pub base_delay: Duration,
+    /// Upper bound of any delay.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { max_attempts: 8, base_delay: Duration::from_millis(250), max_delay: Duration::from_secs(20) }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `attempt` (1-based retries): uniform in `[0, min(max, base * 2^(attempt-1))]`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let cap = self.base_delay.saturating_mul(1u32 << attempt.saturating_sub(1).min(16)).min(self.max_delay);
+        let millis = cap.as_millis() as u64;
+        Duration::from_millis(if millis == 0 { 0 } else { rand::rng().random_range(0..=millis) })
+    }
+
+    /// Runs `op` until it succeeds, `classify` calls its error permanent, or attempts run out; returns the last
+    /// result. `op` gets the 1-based attempt number.
+    pub async fn run<T, E, Fut>(&self, mut op: impl FnMut(u32) -> Fut, classify: impl Fn(&E) -> Verdict) -> Result<T, E>
+    where
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match op(attempt).await {
+                Ok(v) => return Ok(v),
+                Err(e) if attempt < self.max_attempts && classify(&e) == Verdict::Retry => {
+                    tokio::time::sleep(self.delay(attempt)).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Why [`run_bounded`] or [`poll_until`] stopped without a result.
+#[derive(Debug)]
+pub enum Stopped<E> {
+    /// A task or check failed; the others were aborted.
+    Failed(E),
+    /// Ctrl-C.
+    Interrupted,
+    /// [`poll_until`] ran out of time.
+    TimedOut,
+    /// A task panicked.
+    Panicked(String),
+}
+
+/// Runs `task(unit)` for every unit with at most `limit` in flight, stopping at the first error or on `cancel`
+/// (remaining tasks are aborted). Returns the results in completion order.
+pub async fn run_bounded<T, E, Fut>(
+    units: impl IntoIterator<Item = u64>,
+    limit: usize,
+    cancel: &Cancel,
+    task: impl Fn(u64) -> Fut,
+) -> Result<Vec<T>, Stopped<E>>
+where
+    T: Send + 'static,
+    E: Send + 'static,
+    Fut: Future<Output = Result<T, E>> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(limit.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut results = Vec::new();
+    let mut failure = None;
+    let record =
+        |done: Result<Result<T, E>, tokio::task::JoinError>, results: &mut Vec<T>, failure: &mut Option<Stopped<E>>| {
+            match done {
+                Ok(Ok(value)) => results.push(value),
+                Ok(Err(e)) => {
+                    failure.get_or_insert(Stopped::Failed(e));
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    failure.get_or_insert(Stopped::Panicked(e.to_string()));
+                }
+            }
+        };
+    for unit in units {
+        if cancel.is_cancelled() {
+            failure.get_or_insert(Stopped::Interrupted);
+        }
+        while let Some(done) = tasks.try_join_next() {
+            record(done, &mut results, &mut failure);
+        }
+        if failure.is_some() {
+            break;
+        }
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+        let future = task(unit);
+        tasks.spawn(async move {
+            let _permit = permit;
+            future.await
+        });
+    }
+    if failure.is_some() {
+        tasks.abort_all();
+    }
+    while let Some(done) = tasks.join_next().await {
+        record(done, &mut results, &mut failure);
+        if failure.is_some() {
+            tasks.abort_all();
+        }
+    }
+    match failure {
+        Some(stopped) => Err(stopped),
+        None => Ok(results),
+    }
+}
+
+/// Reads `len` bytes at `offset` on the blocking pool (past the end reads as zeros).
+pub async fn read_at(file: Arc<File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; len];
+        crate::image::read_zero_padded_at(&file, &mut buf, offset).map(|()| buf)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Calls `check` until it returns `Some`, waiting 0.5 s, then twice as long each time up to 15 s, for at most
+/// `timeout`.
+pub async fn poll_until<T, E, Fut>(
+    timeout: Duration,
+    cancel: &Cancel,
+    mut check: impl FnMut() -> Fut,
+) -> Result<T, Stopped<E>>
+where
+    Fut: Future<Output = Result<Option<T>, E>>,
+{
+    let started = Instant::now();
+    let mut interval = Duration::from_millis(500);
+    loop {
+        if cancel.is_cancelled() {
+            return Err(Stopped::Interrupted);
+        }
+        if let Some(value) = check().await.map_err(Stopped::Failed)? {
+            return Ok(value);
+        }
+        if started.elapsed() > timeout {
+            return Err(Stopped::TimedOut);
+        }
+        tokio::time::sleep(interval).await;
+        interval = (interval * 2).min(Duration::from_secs(15));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn fast() -> RetryPolicy {
+        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2) }
+    }
+
+    #[tokio::test]
+    async fn transient_errors_are_retried_until_success() {
+        let calls = AtomicU32::new(0);
+        let result: Result<u32, &str> = fast()
+            .run(
+                |attempt| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    async move { if attempt < 3 { Err("throttled") } else { Ok(attempt) } }
+                },
+                |_| Verdict::Retry,
+            )
+            .await;
+        assert_eq!(result, Ok(3));
+        assert_eq!(calls.load(Ordering::Relaxed), 3);
+    }
+
+    #[tokio::test]
+    async fn permanent_errors_fail_at_once_and_attempts_are_bounded() {
+        let calls = AtomicU32::new(0);
+        let result: Result<(), &str> = fast()
+            .run(
+                |_| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    async { Err("AccessDenied") }
+                },
+                |_| Verdict::Fail,
+            )
+            .await;
+        assert_eq!(result, Err("AccessDenied"));
+        assert_eq!(calls.load(Ordering::Relaxed), 1);
+
+        let calls = AtomicU32::new(0);
+        let result: Result<(), &str> = fast()
+            .run(
+                |_| {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    async { Err("503") }
+                },
+                |_| Verdict::Retry,
+            )
+            .await;
+        assert_eq!(result, Err("503"));
+        assert_eq!(calls.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn bounded_runs_all_units_and_stops_at_the_first_failure() {
+        let cancel = Cancel::new();
+        let ok: Result<Vec<u64>, Stopped<String>> = run_bounded(0..50, 4, &cancel, |u| async move { Ok(u * 2) }).await;
+        let mut values = ok.unwrap();
+        values.sort();
+        assert_eq!(values, (0..50).map(|u| u * 2).collect::<Vec<_>>());
+
+        let started = AtomicU32::new(0);
+        let failed: Result<Vec<u64>, Stopped<String>> = run_bounded(0..1000, 2, &cancel, |u| {
+            started.fetch_add(1, Ordering::Relaxed);
+            async move {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                if u == 3 { Err(format!("unit {u}")) } else { Ok(u) }
+            }
+        })
+        .await;
+        assert!(matches!(failed, Err(Stopped::Failed(ref e)) if e == "unit 3"));
+        assert!(started.load(Ordering::Relaxed) < 100, "no new units start after a failure");
+
+        cancel.cancel();
+        let interrupted: Result<Vec<u64>, Stopped<String>> =
+            run_bounded(0..10, 2, &cancel, |u| async move { Ok(u) }).await;
+        assert!(matches!(interrupted, Err(Stopped::Interrupted)));
+    }
+
+    #[tokio::test]
+    async fn polling_returns_when_ready_and_times_out() {
+        let cancel = Cancel::new();
+        let calls = AtomicU32::new(0);
+        let ready: Result<u32, Stopped<()>> = poll_until(Duration::from_secs(10), &cancel, || {
+            let n = calls.fetch_add(1, Ordering::Relaxed);
+            async move { Ok(if n == 1 { Some(7) } else { None }) }
+        })
+        .await;
+        assert_eq!(ready.unwrap(), 7);
+        let never: Result<u32, Stopped<()>> = poll_until(Duration::ZERO, &cancel, || async { Ok(None) }).await;
+        assert!(matches!(never, Err(Stopped::TimedOut)));
+    }
+
+    #[test]
+    fn delays_grow_but_stay_capped() {
+        let p =
+            RetryPolicy { max_attempts: 10, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
+        for attempt in 1..20 {
+            let cap = Duration::from_millis(100 * (1u64 << (attempt - 1).min(16))).min(Duration::from_secs(1));
+            assert!(p.delay(attempt) <= cap);
+        }
+    }
+}

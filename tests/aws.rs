@@ -1,0 +1,368 @@
+//! `uplosi upload` to AWS against a real moto server, through the SDK's standard credential chain and endpoint
+//! override (AWS_ENDPOINT_URL), with the fault/fake proxy (`tests/support/aws_proxy.py`) where moto falls short.
+
+mod support;
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use support::fixtures;
+use support::moto::{self, ACCOUNT};
+
+const BLOCK: u64 = 512 * 1024;
+
+fn config(extra_aws: &str) -> String {
+    format!(
+        r#"[base]
+name = "podvm"
+provider = "aws"
+imageVersionFile = "version.txt"
+
+[base.aws]
+region = "us-east-1"
+replicationRegions = ["eu-west-1", "ap-south-1"]
+publish = true
+tags = {{ team = "confidential", purpose = "test" }}
+ssmParameter = "/podvm/{{{{.Name}}}}/latest"
+launchPermissions = ["111122223333"]
+
+[variant.main.aws]
+{extra_aws}
+"#
+    )
+}
+
+struct Run {
+    ws: support::Workspace,
+}
+
+impl Run {
+    fn new(conf: &str, image: &Path) -> Self {
+        let ws = support::Workspace::new();
+        ws.write("uplosi.conf", conf).write("version.txt", "1.2.3\n");
+        std::fs::remove_file(ws.image()).unwrap();
+        std::os::unix::fs::symlink(image, ws.image()).unwrap();
+        Self { ws }
+    }
+
+    fn uplosi(&self, endpoint: &str) -> assert_cmd::Command {
+        let mut cmd = self.ws.uplosi();
+        cmd.env("AWS_ENDPOINT_URL", endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("AWS_CONFIG_FILE", "/nonexistent")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env_remove("AWS_PROFILE")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION");
+        cmd
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The blocks moto holds for `snapshot`: volume size in GiB and {index: sha256 hex}.
+fn snapshot_blocks(endpoint: &str, snapshot: &str) -> (u64, std::collections::BTreeMap<u64, String>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ebs_blocks.py");
+    let out = fixtures::run(std::process::Command::new("python3").args([script, endpoint, "us-east-1", snapshot]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blocks = json["blocks"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().to_string()))
+        .collect();
+    (json["volume_size"].as_u64().unwrap(), blocks)
+}
+
+/// Checks the snapshot equals the image, block by block: every block moto holds matches the image and has data,
+/// and every block it does not hold is zeros in the image. Returns the number of blocks stored.
+fn assert_snapshot_equals_image(endpoint: &str, snapshot: &str, image: &Path) -> usize {
+    use sha2::Digest;
+    let (_, stored) = snapshot_blocks(endpoint, snapshot);
+    let file = std::fs::File::open(image).unwrap();
+    let size = file.metadata().unwrap().len();
+    let mut expected = vec![0u8; BLOCK as usize];
+    for index in 0..size.div_ceil(BLOCK) {
+        expected.fill(0);
+        let len = BLOCK.min(size - index * BLOCK) as usize;
+        file.read_exact_at(&mut expected[..len], index * BLOCK).unwrap();
+        match stored.get(&index) {
+            Some(hash) => {
+                assert!(expected.iter().any(|b| *b != 0), "block {index} is all zeros but was sent");
+                let ours: String = sha2::Sha256::digest(&expected).iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(hash, &ours, "block {index} differs from the image");
+            }
+            None => assert!(expected.iter().all(|b| *b == 0), "block {index} has data but was not uploaded"),
+        }
+    }
+    stored.len()
+}
+
+/// Snapshots uploaded by uplosi: StartSnapshot sets the description to snapshotName. (moto's RegisterImage makes a
+/// snapshot of its own for every AMI; those have another description.)
+async fn snapshots_named(conf: &aws_config::SdkConfig, name: &str) -> Vec<String> {
+    let ec2 = aws_sdk_ec2::Client::new(conf);
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name("description").values(name).build())
+        .send()
+        .await
+        .unwrap();
+    out.snapshots().iter().map(|s| s.snapshot_id().unwrap().to_string()).collect()
+}
+
+async fn images_named(conf: &aws_config::SdkConfig, name: &str) -> Vec<aws_sdk_ec2::types::Image> {
+    let ec2 = aws_sdk_ec2::Client::new(conf);
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .unwrap();
+    out.images().to_vec()
+}
+
+#[test]
+fn upload_registers_replicates_publishes_and_bumps_the_version() {
+    let server = moto::start();
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let proxy = moto::start_proxy(&server, &[], stats.path());
+    let image = fixtures::gpt_image();
+    let run = Run::new(&config("architecture = \"arm64\"\nvolumeType = \"gp2\""), &image.path);
+    let out = run.uplosi(&proxy.url).args(["upload", "system.raw", "-i"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "one ARN per region: {stdout}");
+    let mut amis = Vec::new();
+    for (line, region) in lines.iter().zip(["us-east-1", "eu-west-1", "ap-south-1"]) {
+        let prefix = format!("arn:aws:ec2:{region}:{ACCOUNT}:image/ami-");
+        assert!(line.starts_with(&prefix), "{line} should start with {prefix}");
+        amis.push(line.rsplit('/').next().unwrap().to_string());
+    }
+    assert_eq!(run.ws.read("version.txt"), "1.2.4\n");
+
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    let register = &stats["RegisterImageParams"];
+    for (key, value) in [
+        ("Name", "podvm-1.2.3"),
+        ("Architecture", "arm64"),
+        ("BootMode", "uefi"),
+        ("TpmSupport", "v2.0"),
+        ("ImdsSupport", "v2.0"),
+        ("EnaSupport", "true"),
+        ("VirtualizationType", "hvm"),
+        ("RootDeviceName", "/dev/xvda"),
+        ("BlockDeviceMapping.1.DeviceName", "/dev/xvda"),
+        ("BlockDeviceMapping.1.Ebs.VolumeType", "gp2"),
+        ("BlockDeviceMapping.1.Ebs.DeleteOnTermination", "true"),
+    ] {
+        assert_eq!(register[key], value, "RegisterImage {key}: {register}");
+    }
+    let registered_snapshot = register["BlockDeviceMapping.1.Ebs.SnapshotId"].as_str().unwrap().to_string();
+
+    runtime().block_on(async {
+        for (region, ami) in ["us-east-1", "eu-west-1", "ap-south-1"].iter().zip(&amis) {
+            let conf = moto::sdk_config(&server.url, region).await;
+            let images = images_named(&conf, "podvm-1.2.3").await;
+            assert_eq!(images.len(), 1, "{region}: exactly one image named podvm-1.2.3");
+            let img = &images[0];
+            assert_eq!(img.image_id(), Some(ami.as_str()));
+            assert_eq!(img.state(), Some(&aws_sdk_ec2::types::ImageState::Available));
+            let tags: Vec<(String, String)> =
+                img.tags().iter().map(|t| (t.key().unwrap().into(), t.value().unwrap().into())).collect();
+            for expected in [("Name", "podvm-1.2.3"), ("team", "confidential"), ("purpose", "test")] {
+                assert!(tags.contains(&(expected.0.into(), expected.1.into())), "{region}: tags {tags:?}");
+            }
+            let ec2 = aws_sdk_ec2::Client::new(&conf);
+            let attr = ec2
+                .describe_image_attribute()
+                .image_id(ami)
+                .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+                .send()
+                .await
+                .unwrap();
+            let perms = attr.launch_permissions();
+            assert!(
+                perms.iter().any(|p| p.group() == Some(&aws_sdk_ec2::types::PermissionGroup::All)),
+                "{region}: public"
+            );
+            assert!(perms.iter().any(|p| p.user_id() == Some("111122223333")), "{region}: shared with the account");
+            let ssm = aws_sdk_ssm::Client::new(&conf);
+            let param = ssm.get_parameter().name("/podvm/podvm/latest").send().await.unwrap();
+            let param = param.parameter().unwrap();
+            assert_eq!(param.value(), Some(ami.as_str()), "{region}: SSM parameter");
+            assert_eq!(param.data_type(), Some("aws:ec2:image"));
+        }
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        let snapshots = snapshots_named(&conf, "podvm-1.2.3").await;
+        assert_eq!(snapshots, vec![registered_snapshot], "the AMI is registered from the one uploaded snapshot");
+        let blocks = assert_snapshot_equals_image(&server.url, &snapshots[0], &image.path);
+        let total = std::fs::metadata(&image.path).unwrap().len().div_ceil(BLOCK) as usize;
+        assert!(blocks < total / 2, "holes are skipped: {blocks} of {total} blocks sent");
+    });
+}
+
+#[test]
+fn sparse_image_sends_only_its_data_blocks() {
+    let server = moto::start();
+    let image = fixtures::huge_sparse();
+    let run = Run::new(&config("replicationRegions = []\npublish = false\nlaunchPermissions = []"), &image.path);
+    run.uplosi(&server.url).args(["upload", "system.raw"]).assert().success();
+    runtime().block_on(async {
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        let snapshots = snapshots_named(&conf, "podvm-1.2.3").await;
+        let (volume_size, blocks) = snapshot_blocks(&server.url, &snapshots[0]);
+        let indices: Vec<u64> = blocks.keys().copied().collect();
+        let size = std::fs::metadata(&image.path).unwrap().len();
+        assert_eq!(indices, vec![0, (4u64 << 30) / BLOCK, (size - 1) / BLOCK], "9 GiB image, 3 data blocks");
+        assert_eq!(volume_size, 10, "volume size is the image rounded up to GiB");
+        assert_snapshot_equals_image(&server.url, &snapshots[0], &image.path);
+        let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let attr = ec2
+            .describe_image_attribute()
+            .image_id(images_named(&conf, "podvm-1.2.3").await[0].image_id().unwrap())
+            .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+            .send()
+            .await
+            .unwrap();
+        assert!(attr.launch_permissions().is_empty(), "publish = false in the variant keeps the AMI private");
+    });
+}
+
+#[test]
+fn existing_ami_is_replaced_or_refused() {
+    let server = moto::start();
+    let image = &fixtures::synthetic_cases()[1];
+    let run = Run::new(&config("replicationRegions = [\"eu-west-1\"]"), &image.path);
+    let first = run.uplosi(&server.url).args(["upload", "system.raw"]).output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let second = run.uplosi(&server.url).args(["upload", "system.raw"]).output().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("replacing existing image"));
+    assert_ne!(first.stdout, second.stdout, "the second run registers new AMIs");
+    runtime().block_on(async {
+        for region in ["us-east-1", "eu-west-1"] {
+            let conf = moto::sdk_config(&server.url, region).await;
+            assert_eq!(images_named(&conf, "podvm-1.2.3").await.len(), 1, "{region}: the old AMI is gone");
+        }
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        assert_eq!(snapshots_named(&conf, "podvm-1.2.3").await.len(), 1, "the old snapshot is gone");
+    });
+
+    run.ws.write("uplosi.conf.d/keep.conf", "[base.aws]\nreplace = false\n");
+    let out = run.uplosi(&server.url).args(["upload", "system.raw", "-i"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("an image named \"podvm-1.2.3\" already exists"), "{stderr}");
+    assert!(stderr.contains("set `replace = true`"), "{stderr}");
+    assert_eq!(run.ws.read("version.txt"), "1.2.3\n", "a failed run does not bump the version");
+}
+
+#[test]
+fn a_block_that_keeps_failing_aborts_and_deletes_the_snapshot() {
+    let server = moto::start();
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let proxy = moto::start_proxy(&server, &["--fail-block", "1"], stats.path());
+    let image = &fixtures::synthetic_cases()[1]; // 3 MiB of data: blocks 0..=6
+    let run = Run::new(&config("replicationRegions = []"), &image.path);
+    let out = run.uplosi(&proxy.url).args(["upload", "system.raw", "-i"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("AWS us-east-1: PutSnapshotBlock failed: InternalServerException: injected failure for block 1"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("deleting incomplete snapshot"), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    assert_eq!(stats["PutSnapshotBlockFailed"], 8, "the failing block is retried up to the policy's 8 attempts");
+    assert_eq!(run.ws.read("version.txt"), "1.2.3\n");
+    runtime().block_on(async {
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        assert!(snapshots_named(&conf, "podvm-1.2.3").await.is_empty(), "the snapshot must be deleted");
+        assert!(images_named(&conf, "podvm-1.2.3").await.is_empty());
+    });
+}
+
+#[test]
+fn access_denied_on_ebs_names_the_permissions_and_the_alternative() {
+    let server = moto::start();
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let proxy = moto::start_proxy(&server, &["--deny-start-snapshot"], stats.path());
+    let image = &fixtures::synthetic_cases()[1];
+    let run = Run::new(&config(""), &image.path);
+    let out = run.uplosi(&proxy.url).args(["upload", "system.raw"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for needle in [
+        "StartSnapshot failed: AccessDeniedException",
+        "ebs:StartSnapshot",
+        "ebs:PutSnapshotBlock",
+        "ebs:CompleteSnapshot",
+        "uploadMethod = \"import-snapshot\"",
+    ] {
+        assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
+    }
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    assert_eq!(stats["StartSnapshot"], 1, "access denied is not retried");
+}
+
+#[test]
+fn missing_credentials_fail_before_any_work() {
+    let server = moto::start();
+    let image = &fixtures::synthetic_cases()[1];
+    let run = Run::new(&config(""), &image.path);
+    let out = run
+        .uplosi(&server.url)
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .args(["upload", "system.raw"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no AWS credentials found"), "{stderr}");
+    assert!(stderr.contains("AWS_ACCESS_KEY_ID"), "{stderr}");
+    runtime().block_on(async {
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        assert!(snapshots_named(&conf, "podvm-1.2.3").await.is_empty());
+    });
+}
+
+#[test]
+fn import_snapshot_path_uploads_through_s3_and_cleans_up() {
+    let server = moto::start();
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let proxy = moto::start_proxy(&server, &[], stats.path());
+    let image = &fixtures::synthetic_cases()[1];
+    let run = Run::new(
+        &config("uploadMethod = \"import-snapshot\"\nbucket = \"podvm-upload\"\nreplicationRegions = []"),
+        &image.path,
+    );
+    let out = run.uplosi(&proxy.url).args(["upload", "system.raw"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("arn:aws:ec2:us-east-1:{ACCOUNT}:image/ami-")));
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    assert_eq!(stats["ImportSnapshot"], 1);
+    assert!(stats["DescribeImportSnapshotTasks"].as_u64().unwrap() >= 2, "the task is polled until completed");
+    runtime().block_on(async {
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        let objects = s3.list_objects_v2().bucket("podvm-upload").send().await.unwrap();
+        assert!(objects.contents().is_empty(), "the temporary object is deleted");
+        let uploads = s3.list_multipart_uploads().bucket("podvm-upload").send().await.unwrap();
+        assert!(uploads.uploads().is_empty(), "no multipart upload is left behind");
+        let images = images_named(&conf, "podvm-1.2.3").await;
+        assert_eq!(images.len(), 1);
+    });
+}

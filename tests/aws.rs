@@ -46,13 +46,21 @@ impl Run {
     }
 
     fn uplosi(&self, endpoint: &str) -> assert_cmd::Command {
-        let mut cmd = self.ws.uplosi();
-        cmd.env("AWS_ENDPOINT_URL", endpoint)
+        assert_cmd::Command::from_std(self.process(endpoint))
+    }
+
+    /// `uplosi` in the workspace, with static test credentials, the endpoint override, and nothing from the
+    /// environment that could point the SDK elsewhere.
+    fn process(&self, endpoint: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+        cmd.current_dir(self.ws.path())
+            .env("AWS_ENDPOINT_URL", endpoint)
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("AWS_CONFIG_FILE", "/nonexistent")
             .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+            .env_remove("RUST_LOG")
             .env_remove("AWS_PROFILE")
             .env_remove("AWS_SESSION_TOKEN")
             .env_remove("AWS_REGION")
@@ -216,7 +224,14 @@ fn sparse_image_sends_only_its_data_blocks() {
     let server = moto::start();
     let image = fixtures::huge_sparse();
     let run = Run::new(&config("replicationRegions = []\npublish = false\nlaunchPermissions = []"), &image.path);
-    run.uplosi(&server.url).args(["upload", "system.raw"]).assert().success();
+    let out = run.uplosi(&server.url).args(["upload", "system.raw", "--output", "json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let refs = json["references"].as_array().unwrap();
+    assert_eq!(refs.len(), 1);
+    assert_eq!(refs[0]["variant"], "main");
+    assert_eq!(refs[0]["provider"], "aws");
+    assert!(refs[0]["reference"].as_str().unwrap().starts_with(&format!("arn:aws:ec2:us-east-1:{ACCOUNT}:image/ami-")));
     runtime().block_on(async {
         let conf = moto::sdk_config(&server.url, "us-east-1").await;
         let snapshots = snapshots_named(&conf, "podvm-1.2.3").await;
@@ -364,5 +379,45 @@ fn import_snapshot_path_uploads_through_s3_and_cleans_up() {
         assert!(uploads.uploads().is_empty(), "no multipart upload is left behind");
         let images = images_named(&conf, "podvm-1.2.3").await;
         assert_eq!(images.len(), 1);
+    });
+}
+
+#[test]
+fn ctrl_c_during_the_upload_removes_the_snapshot() {
+    let server = moto::start();
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let proxy = moto::start_proxy(&server, &["--slow-blocks", "0.5"], stats.path());
+    let image = fixtures::gpt_image();
+    let run = Run::new(&config("replicationRegions = []"), &image.path);
+    let child = run
+        .process(&proxy.url)
+        .args(["upload", "system.raw", "-i", "--concurrency", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once blocks are flowing.
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(stats.path()).unwrap_or_default();
+        let seen: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if seen["PutSnapshotBlock"].as_u64().unwrap_or(0) >= 1 {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 60, "no block upload started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: kill with the pid of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert_eq!(run.ws.read("version.txt"), "1.2.3\n");
+    runtime().block_on(async {
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        assert!(snapshots_named(&conf, "podvm-1.2.3").await.is_empty(), "the partial snapshot must be deleted");
+        assert!(images_named(&conf, "podvm-1.2.3").await.is_empty());
     });
 }

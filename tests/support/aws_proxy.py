@@ -8,6 +8,7 @@
 - Fault rules for uplosi's error paths:
     --fail-block N          every PutSnapshotBlock of block N gets HTTP 500 InternalServerException
     --deny-start-snapshot   StartSnapshot gets HTTP 403 AccessDeniedException
+    --slow-blocks SECONDS   every PutSnapshotBlock is held this long before it is forwarded (for Ctrl-C tests)
 - Everything else is forwarded to moto unchanged. Request counts per operation, and the parameters of the last
   RegisterImage (which moto mostly ignores), are written to --stats as JSON.
 """
@@ -18,6 +19,7 @@ import http.server
 import json
 import re
 import threading
+import time
 import urllib.parse
 import uuid
 from xml.sax.saxutils import escape
@@ -153,6 +155,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             block = re.match(r"^/snapshots/[^/]+/blocks/(\d+)$", path)
             if self.command == "PUT" and block:
                 count("PutSnapshotBlock")
+                if args.slow_blocks:
+                    time.sleep(args.slow_blocks)
                 if args.fail_block is not None and int(block.group(1)) == args.fail_block:
                     count("PutSnapshotBlockFailed")
                     return self.json_error(500, "InternalServerException", "injected failure for block %s" % block.group(1))
@@ -205,6 +209,7 @@ def main():
     parser.add_argument("--stats", required=True)
     parser.add_argument("--fail-block", type=int)
     parser.add_argument("--deny-start-snapshot", action="store_true")
+    parser.add_argument("--slow-blocks", type=float, default=0)
     args = parser.parse_args()
     with open(args.stats, "w") as f:
         json.dump({}, f)

@@ -26,7 +26,8 @@ Examples:
   # Export a qcow2 for libvirt
   uplosi convert build/system.raw --format qcow2 -o build/system.qcow2
 
-Exit codes: 0 success, 1 failure during the work, 2 bad usage or configuration (nothing was done).";
+Exit codes: 0 success, 1 failure during the work, 2 bad usage or configuration (nothing was done),
+130 interrupted (what the run created was removed).";
 
 /// Convert raw OS disk images and upload them to AWS, Azure, GCP and OpenStack.
 ///

@@ -3,7 +3,9 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::sync::OnceLock;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 static QUIET: AtomicBool = AtomicBool::new(false);
 
@@ -24,7 +26,10 @@ impl Progress {
         let visible = !QUIET.load(Ordering::Relaxed) && std::io::stderr().is_terminal();
         let bar = if visible { ProgressBar::new(total) } else { ProgressBar::hidden() };
         if visible {
-            bar.set_draw_target(ProgressDrawTarget::stderr());
+            // Variants upload in parallel: their bars stack instead of overwriting each other.
+            static BARS: OnceLock<MultiProgress> = OnceLock::new();
+            let bars = BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+            bars.add(bar.clone());
             if let Ok(style) = ProgressStyle::with_template(
                 "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
             ) {

@@ -421,3 +421,31 @@ fn ctrl_c_during_the_upload_removes_the_snapshot() {
         assert!(images_named(&conf, "podvm-1.2.3").await.is_empty());
     });
 }
+
+#[test]
+fn a_failing_s3_part_aborts_the_multipart_upload() {
+    let server = moto::start();
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let proxy = moto::start_proxy(&server, &["--fail-part", "1"], stats.path());
+    let image = &fixtures::synthetic_cases()[1];
+    let run = Run::new(
+        &config("uploadMethod = \"import-snapshot\"\nbucket = \"podvm-upload\"\nreplicationRegions = []"),
+        &image.path,
+    );
+    let out = run.uplosi(&proxy.url).args(["upload", "system.raw"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("UploadPart failed: InternalError: injected failure for part 1"), "{stderr}");
+    assert!(stderr.contains("aborted multipart upload"), "{stderr}");
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    assert_eq!(stats["UploadPartFailed"], 8, "the part is retried up to the policy's 8 attempts");
+    assert!(stats.get("ImportSnapshot").is_none(), "nothing is imported after a failed upload");
+    runtime().block_on(async {
+        let conf = moto::sdk_config(&server.url, "us-east-1").await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        let uploads = s3.list_multipart_uploads().bucket("podvm-upload").send().await.unwrap();
+        assert!(uploads.uploads().is_empty(), "the multipart upload must be aborted");
+        let objects = s3.list_objects_v2().bucket("podvm-upload").send().await.unwrap();
+        assert!(objects.contents().is_empty());
+    });
+}

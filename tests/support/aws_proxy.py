@@ -9,6 +9,7 @@
     --fail-block N          every PutSnapshotBlock of block N gets HTTP 500 InternalServerException
     --deny-start-snapshot   StartSnapshot gets HTTP 403 AccessDeniedException
     --slow-blocks SECONDS   every PutSnapshotBlock is held this long before it is forwarded (for Ctrl-C tests)
+    --fail-part N           every S3 UploadPart of part N gets HTTP 500 InternalError
 - Everything else is forwarded to moto unchanged. Request counts per operation, and the parameters of the last
   RegisterImage (which moto mostly ignores), are written to --stats as JSON.
 """
@@ -160,6 +161,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if args.fail_block is not None and int(block.group(1)) == args.fail_block:
                     count("PutSnapshotBlockFailed")
                     return self.json_error(500, "InternalServerException", "injected failure for block %s" % block.group(1))
+        if service == "s3" and self.command == "PUT":
+            query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+            if "partNumber" in query:
+                count("UploadPart")
+                if args.fail_part is not None and int(query["partNumber"][0]) == args.fail_part:
+                    count("UploadPartFailed")
+                    xml = "<Error><Code>InternalError</Code><Message>injected failure for part %s</Message></Error>" % query["partNumber"][0]
+                    return self.reply(500, xml, "application/xml")
         if service == "ec2" and self.command == "POST":
             params = urllib.parse.parse_qs(body.decode(errors="replace"))
             action = params.get("Action", [""])[0]
@@ -210,6 +219,7 @@ def main():
     parser.add_argument("--fail-block", type=int)
     parser.add_argument("--deny-start-snapshot", action="store_true")
     parser.add_argument("--slow-blocks", type=float, default=0)
+    parser.add_argument("--fail-part", type=int)
     args = parser.parse_args()
     with open(args.stats, "w") as f:
         json.dump({}, f)

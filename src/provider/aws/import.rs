@@ -36,8 +36,18 @@ pub fn part_size(size: u64) -> u64 {
 
 /// An S3 client; path-style addressing when an endpoint override is set (emulators have no bucket subdomains).
 pub fn s3_client(config: &SdkConfig) -> aws_sdk_s3::Client {
-    let conf = aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some()).build();
-    aws_sdk_s3::Client::from_conf(conf)
+    aws_sdk_s3::Client::from_conf(s3_config(config).build())
+}
+
+/// The S3 client for parts: no SDK retries, because every part has its own retry loop ([`RetryPolicy`]).
+fn s3_data_client(config: &SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(
+        s3_config(config).retry_config(aws_smithy_types::retry::RetryConfig::disabled()).build(),
+    )
+}
+
+fn s3_config(config: &SdkConfig) -> aws_sdk_s3::config::Builder {
+    aws_sdk_s3::config::Builder::from(config).force_path_style(config.endpoint_url().is_some())
 }
 
 /// Creates `bucket` if it does not exist.
@@ -63,9 +73,11 @@ pub async fn ensure_bucket(
     Ok(())
 }
 
-/// Uploads the whole image to `bucket/key` as a parallel multipart upload; aborts it on failure.
+/// Uploads the whole image to `bucket/key` as a parallel multipart upload (parts through `data`); aborts it on
+/// failure.
 pub async fn put_object(
     s3: &aws_sdk_s3::Client,
+    data: &aws_sdk_s3::Client,
     region: &str,
     bucket: &str,
     key: &str,
@@ -82,7 +94,7 @@ pub async fn put_object(
         .map_err(|e| error::call(region, "CreateMultipartUpload", &e))?;
     let upload_id = created.upload_id().unwrap_or_default().to_string();
     let started = std::time::Instant::now();
-    let result = upload_parts(s3, region, bucket, key, &upload_id, image, options).await;
+    let result = upload_parts(data, region, bucket, key, &upload_id, image, options).await;
     let parts = match result {
         Ok(parts) => parts,
         Err(e) => {
@@ -195,7 +207,7 @@ pub async fn upload(
     let bucket = a.bucket.as_deref().unwrap_or_default();
     let s3 = s3_client(config);
     ensure_bucket(&s3, region, bucket, a.bucket_location_constraint.as_deref()).await?;
-    put_object(&s3, region, bucket, &a.blob_name, image, options).await?;
+    put_object(&s3, &s3_data_client(config), region, bucket, &a.blob_name, image, options).await?;
     let imported = import_snapshot(config, region, bucket, &a.blob_name, &a.snapshot_name, tags, options).await;
     match s3.delete_object().bucket(bucket).key(&a.blob_name).send().await {
         Ok(_) => tracing::info!("AWS {region}: deleted s3://{bucket}/{}", a.blob_name),

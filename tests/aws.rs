@@ -213,6 +213,20 @@ fn upload_registers_replicates_publishes_and_bumps_the_version() {
         let conf = moto::sdk_config(&server.url, "us-east-1").await;
         let snapshots = snapshots_named(&conf, "podvm-1.2.3").await;
         assert_eq!(snapshots, vec![registered_snapshot], "the AMI is registered from the one uploaded snapshot");
+        let ec2 = aws_sdk_ec2::Client::new(&conf);
+        let volume_permissions = ec2
+            .describe_snapshot_attribute()
+            .snapshot_id(&snapshots[0])
+            .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
+            .send()
+            .await
+            .unwrap();
+        let volume_permissions = volume_permissions.create_volume_permissions();
+        assert!(
+            volume_permissions.iter().any(|p| p.group() == Some(&aws_sdk_ec2::types::PermissionGroup::All)),
+            "publish makes the snapshot public too: {volume_permissions:?}"
+        );
+        assert!(volume_permissions.iter().any(|p| p.user_id() == Some("111122223333")));
         let blocks = assert_snapshot_equals_image(&server.url, &snapshots[0], &image.path);
         let total = std::fs::metadata(&image.path).unwrap().len().div_ceil(BLOCK) as usize;
         assert!(blocks < total / 2, "holes are skipped: {blocks} of {total} blocks sent");

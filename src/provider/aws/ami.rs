@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use aws_sdk_ec2::types::{
-    ArchitectureValues, BlockDeviceMapping, BootModeValues, CreateVolumePermission,
-    CreateVolumePermissionModifications, EbsBlockDevice, Filter, ImageState, ImdsSupportValues, LaunchPermission,
-    LaunchPermissionModifications, PermissionGroup, Tag, TpmSupportValues, VolumeType,
+    ArchitectureValues, BlockDeviceMapping, BootModeValues, EbsBlockDevice, Filter, ImageState, ImdsSupportValues,
+    LaunchPermission, LaunchPermissionModifications, PermissionGroup, Tag, TpmSupportValues, VolumeType,
 };
 
 use super::error::{self, AwsError};
@@ -203,10 +202,11 @@ pub async fn share(
     permissions: &[String],
 ) -> Result<(), AwsError> {
     let mut launch = Vec::new();
-    let mut volume = Vec::new();
+    let mut volume_groups = Vec::new();
+    let mut volume_users = Vec::new();
     if public {
         launch.push(LaunchPermission::builder().group(PermissionGroup::All).build());
-        volume.push(CreateVolumePermission::builder().group(PermissionGroup::All).build());
+        volume_groups.push("all".to_string());
     }
     for p in permissions {
         if p.contains(":organization/") {
@@ -215,7 +215,7 @@ pub async fn share(
             launch.push(LaunchPermission::builder().organizational_unit_arn(p).build());
         } else {
             launch.push(LaunchPermission::builder().user_id(p).build());
-            volume.push(CreateVolumePermission::builder().user_id(p).build());
+            volume_users.push(p.clone());
         }
     }
     if launch.is_empty() {
@@ -227,14 +227,16 @@ pub async fn share(
         .send()
         .await
         .map_err(|e| error::call(region, "ModifyImageAttribute", &e))?;
-    if !volume.is_empty() {
+    if !volume_groups.is_empty() || !volume_users.is_empty() {
         for snapshot in &ami.snapshots {
+            // The flat form (OperationType, GroupNames, UserIds) is the documented equivalent of the
+            // CreateVolumePermission structure, and the one every implementation, moto included, understands.
             ec2.modify_snapshot_attribute()
                 .snapshot_id(snapshot)
                 .attribute(aws_sdk_ec2::types::SnapshotAttributeName::CreateVolumePermission)
-                .create_volume_permission(
-                    CreateVolumePermissionModifications::builder().set_add(Some(volume.clone())).build(),
-                )
+                .operation_type(aws_sdk_ec2::types::OperationType::Add)
+                .set_group_names((!volume_groups.is_empty()).then(|| volume_groups.clone()))
+                .set_user_ids((!volume_users.is_empty()).then(|| volume_users.clone()))
                 .send()
                 .await
                 .map_err(|e| error::call(region, "ModifySnapshotAttribute", &e))?;

@@ -167,6 +167,10 @@ async fn upload_parts(
                             .part_number(number as i32)
                             .checksum_sha256(&checksum)
                             .body(ByteStream::from(body.clone()))
+                            // The part's SHA-256 above already protects the bytes; signing the payload as well
+                            // would hash every part a second time.
+                            .customize()
+                            .disable_payload_signing()
                             .send()
                     },
                     error::verdict,

@@ -43,8 +43,8 @@ them. Grant them, or set uploadMethod = \"import-snapshot\" to upload through S3
 /// Where a snapshot goes: the EBS data plane and EC2 control plane clients of one region.
 #[derive(Clone, Debug)]
 pub struct Target<'a> {
-    /// EBS direct client (see [`client`]).
-    pub ebs: &'a aws_sdk_ebs::Client,
+    /// EBS direct clients (see [`clients`]); blocks are spread over them.
+    pub ebs: &'a [aws_sdk_ebs::Client],
     /// EC2 client, for waiting and cleanup.
     pub ec2: &'a aws_sdk_ec2::Client,
     /// The region, for messages.
@@ -61,7 +61,10 @@ pub async fn upload(
     description: &str,
     options: &UploadOptions,
 ) -> Result<(String, UploadStats), AwsError> {
-    let Target { ebs, ec2, region } = target;
+    let Target { ebs: clients, ec2, region } = target;
+    let Some(ebs) = clients.first() else {
+        return Err(AwsError::State { region: region.into(), what: "no EBS client".into() });
+    };
     let volume_gib = image.size.div_ceil(GIB).max(1) as i64;
     let tags: Vec<Tag> = tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
     let client_token = format!("uplosi-{:032x}", rand::random::<u128>());
@@ -94,7 +97,7 @@ pub async fn upload(
     tracing::info!("AWS {region}: uploading {} as snapshot {snapshot_id}", image.path.display());
 
     let result = async {
-        let stats = put_blocks(ebs, region, &snapshot_id, image, map, options).await?;
+        let stats = put_blocks(clients, region, &snapshot_id, image, map, options).await?;
         super::snapshot::wait_completed(ec2, region, &snapshot_id, &options.cancel).await?;
         Ok::<_, AwsError>(stats)
     }
@@ -110,7 +113,7 @@ pub async fn upload(
 }
 
 async fn put_blocks(
-    ebs: &aws_sdk_ebs::Client,
+    clients: &[aws_sdk_ebs::Client],
     region: &str,
     snapshot_id: &str,
     image: &SourceImage,
@@ -127,7 +130,8 @@ async fn put_blocks(
     let file = Arc::new(image.file.try_clone().map_err(|source| AwsError::Read { offset: 0, source })?);
     let sent = Arc::new(AtomicU64::new(0));
     let result = run_bounded(blocks, options.concurrency, &options.cancel, |index| {
-        let (ebs, file, sent, progress) = (ebs.clone(), Arc::clone(&file), Arc::clone(&sent), progress.clone());
+        let ebs = clients[index as usize % clients.len()].clone();
+        let (file, sent, progress) = (Arc::clone(&file), Arc::clone(&sent), progress.clone());
         let (snapshot_id, region) = (snapshot_id.to_string(), region.to_string());
         async move {
             let offset = index * BLOCK_SIZE;
@@ -174,6 +178,7 @@ async fn put_blocks(
     }
     let aggregate = BASE64.encode(aggregate.finalize());
     // CompleteSnapshot is limited to 10 requests per second per account: retries back off.
+    let ebs = &clients[0];
     RetryPolicy { max_attempts: 10, ..RetryPolicy::default() }
         .run(
             |_| {
@@ -192,17 +197,30 @@ async fn put_blocks(
     Ok(UploadStats { blocks: checksums.len() as u64, bytes: sent.load(Ordering::Relaxed) })
 }
 
-/// SDK settings for the EBS data plane: coldsnap's timeouts, and no SDK retries because every block has its own
-/// retry loop.
-pub fn client(config: &aws_config::SdkConfig) -> aws_sdk_ebs::Client {
+/// How many EBS clients share the block uploads. Each has its own HTTP client and connection pool, so the
+/// connections spread over the endpoint's addresses instead of queueing in one pool (as coldsnap found).
+pub const CLIENTS: usize = 4;
+
+/// EBS data plane clients: coldsnap's timeouts, and no SDK retries because every block has its own retry loop.
+pub fn clients(config: &aws_config::SdkConfig) -> Vec<aws_sdk_ebs::Client> {
     let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(12))
         .operation_attempt_timeout(Duration::from_secs(20))
         .build();
-    let conf = aws_sdk_ebs::config::Builder::from(config)
-        .timeout_config(timeouts)
-        .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
-        .build();
-    aws_sdk_ebs::Client::from_conf(conf)
+    (0..CLIENTS)
+        .map(|_| {
+            let http = aws_smithy_http_client::Builder::new()
+                .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                    aws_smithy_http_client::tls::rustls_provider::CryptoMode::AwsLc,
+                ))
+                .build_https();
+            let conf = aws_sdk_ebs::config::Builder::from(config)
+                .http_client(http)
+                .timeout_config(timeouts.clone())
+                .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
+                .build();
+            aws_sdk_ebs::Client::from_conf(conf)
+        })
+        .collect()
 }

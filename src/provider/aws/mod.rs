@@ -190,9 +190,9 @@ async fn publish_steps(
                 other => AwsError::Read { offset: 0, source: std::io::Error::other(other.to_string()) },
             },
         )?;
-        let ebs_client = ebs::client(&primary_config);
+        let ebs_clients = ebs::clients(&primary_config);
         let (id, stats) = ebs::upload(
-            ebs::Target { ebs: &ebs_client, ec2: &ec2, region: primary },
+            ebs::Target { ebs: &ebs_clients, ec2: &ec2, region: primary },
             image,
             &map,
             &snapshot_tags,

@@ -116,45 +116,51 @@ pub fn write_version_file(path: &Path, version: ImageVersion) -> Result<(), Vers
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
 
     #[test]
-    fn parses_only_plain_triples() {
-        assert_eq!("1.2.3".parse::<ImageVersion>().unwrap(), ImageVersion { major: 1, minor: 2, patch: 3 });
+    fn parses_only_plain_triples() -> TestResult {
+        assert_eq!("1.2.3".parse::<ImageVersion>()?, ImageVersion { major: 1, minor: 2, patch: 3 });
         for bad in ["1.2", "1.2.3.4", "v1.2.3", "1.2.3-rc1", "1.2.3+b", "", " 1.2.3", "a.b.c", "01.2.3"] {
             assert!(bad.parse::<ImageVersion>().is_err(), "{bad} should be rejected");
         }
+        Ok(())
     }
 
     #[test]
-    fn bump_each_part() {
-        let v: ImageVersion = "1.9.9".parse().unwrap();
-        assert_eq!(v.bump(BumpPart::Patch).unwrap().to_string(), "1.9.10");
-        assert_eq!(v.bump(BumpPart::Minor).unwrap().to_string(), "1.10.0");
-        assert_eq!(v.bump(BumpPart::Major).unwrap().to_string(), "2.0.0");
+    fn bump_each_part() -> TestResult {
+        let v: ImageVersion = "1.9.9".parse()?;
+        assert_eq!(v.bump(BumpPart::Patch)?.to_string(), "1.9.10");
+        assert_eq!(v.bump(BumpPart::Minor)?.to_string(), "1.10.0");
+        assert_eq!(v.bump(BumpPart::Major)?.to_string(), "2.0.0");
         let max = ImageVersion { major: 0, minor: 0, patch: u64::MAX };
         assert!(matches!(max.bump(BumpPart::Patch), Err(VersionError::Overflow { .. })));
+        Ok(())
     }
 
     #[test]
-    fn version_file_is_replaced_whole_and_keeps_permissions() {
+    fn version_file_is_replaced_whole_and_keeps_permissions() -> TestResult {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("version.txt");
-        std::fs::write(&path, "1.10.0-long-old-content\n").unwrap();
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        write_version_file(&path, "1.9.9".parse().unwrap()).unwrap();
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1.9.9\n");
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        std::fs::write(&path, "1.10.0-long-old-content\n")?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640))?;
+        write_version_file(&path, "1.9.9".parse()?)?;
+        assert_eq!(std::fs::read_to_string(&path)?, "1.9.9\n");
+        assert_eq!(std::fs::metadata(&path)?.permissions().mode() & 0o777, 0o640);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())?.collect();
         assert_eq!(leftovers.len(), 1, "no temporary file may be left behind");
+        Ok(())
     }
 
     #[test]
-    fn writing_a_missing_file_fails_with_its_path() {
-        let dir = tempfile::tempdir().unwrap();
+    fn writing_a_missing_file_fails_with_its_path() -> TestResult {
+        let dir = tempfile::tempdir()?;
         let path = dir.path().join("missing.txt");
-        let err = write_version_file(&path, "1.0.0".parse().unwrap()).unwrap_err();
+        let err = write_version_file(&path, "1.0.0".parse()?).unwrap_err();
         assert!(err.to_string().contains("missing.txt"));
+        Ok(())
     }
 }

@@ -286,6 +286,8 @@ fn lex_quoted(chars: &mut std::iter::Peekable<std::str::Chars<'_>>, column: usiz
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
 
     fn data() -> TemplateData {
@@ -293,52 +295,59 @@ mod tests {
     }
 
     #[test]
-    fn renders_every_field_of_the_go_tool() {
+    fn renders_every_field_of_the_go_tool() -> TestResult {
         let out = render("{{.Name}}/{{.Version}}/{{.VersionMajor}}/{{.VersionMinor}}/{{.VersionPatch}}", &data());
-        assert_eq!(out.unwrap(), "my-image/1.2.3/1/2/3");
+        assert_eq!(out?, "my-image/1.2.3/1/2/3");
+        Ok(())
     }
 
     #[test]
-    fn replace_all_matches_the_gcp_default() {
-        let out = render(r#"{{.Name}}-{{replaceAll .Version "." "-"}}"#, &data()).unwrap();
+    fn replace_all_matches_the_gcp_default() -> TestResult {
+        let out = render(r#"{{.Name}}-{{replaceAll .Version "." "-"}}"#, &data())?;
         assert_eq!(out, "my-image-1-2-3");
+        Ok(())
     }
 
     #[test]
-    fn pipeline_passes_value_as_last_argument_like_go() {
+    fn pipeline_passes_value_as_last_argument_like_go() -> TestResult {
         // Go evaluates this as strings.ReplaceAll("a.b", ".", <Version>).
-        let out = render(r#"{{.Version | replaceAll "a.b" "."}}"#, &data()).unwrap();
+        let out = render(r#"{{.Version | replaceAll "a.b" "."}}"#, &data())?;
         assert_eq!(out, "a1.2.3b");
+        Ok(())
     }
 
     #[test]
-    fn output_is_not_html_escaped() {
+    fn output_is_not_html_escaped() -> TestResult {
         let d = TemplateData::new("a&b<c>\"d\"+e", "1.0.0");
-        assert_eq!(render("{{.Name}}", &d).unwrap(), "a&b<c>\"d\"+e");
+        assert_eq!(render("{{.Name}}", &d)?, "a&b<c>\"d\"+e");
+        Ok(())
     }
 
     #[test]
-    fn spaces_trim_markers_comments_and_raw_strings() {
-        assert_eq!(render("{{ .Name }}", &data()).unwrap(), "my-image");
-        assert_eq!(render("a   {{- .Name -}}   b", &data()).unwrap(), "amy-imageb");
-        assert_eq!(render("x{{/* note */}}y", &data()).unwrap(), "xy");
-        assert_eq!(render("{{replaceAll .Version `.` `_`}}", &data()).unwrap(), "1_2_3");
-        assert_eq!(render(r#"{{"a\"b"}}"#, &data()).unwrap(), "a\"b");
+    fn spaces_trim_markers_comments_and_raw_strings() -> TestResult {
+        assert_eq!(render("{{ .Name }}", &data())?, "my-image");
+        assert_eq!(render("a   {{- .Name -}}   b", &data())?, "amy-imageb");
+        assert_eq!(render("x{{/* note */}}y", &data())?, "xy");
+        assert_eq!(render("{{replaceAll .Version `.` `_`}}", &data())?, "1_2_3");
+        assert_eq!(render(r#"{{"a\"b"}}"#, &data())?, "a\"b");
+        Ok(())
     }
 
     #[test]
-    fn literal_text_without_actions_is_unchanged() {
-        assert_eq!(render("plain-name_1.0", &data()).unwrap(), "plain-name_1.0");
-        assert_eq!(render("", &data()).unwrap(), "");
+    fn literal_text_without_actions_is_unchanged() -> TestResult {
+        assert_eq!(render("plain-name_1.0", &data())?, "plain-name_1.0");
+        assert_eq!(render("", &data())?, "");
+        Ok(())
     }
 
     #[test]
-    fn empty_old_inserts_like_go() {
-        assert_eq!(render(r#"{{replaceAll "ab" "" "-"}}"#, &data()).unwrap(), "-a-b-");
+    fn empty_old_inserts_like_go() -> TestResult {
+        assert_eq!(render(r#"{{replaceAll "ab" "" "-"}}"#, &data())?, "-a-b-");
+        Ok(())
     }
 
     #[test]
-    fn errors_name_the_problem_and_column() {
+    fn errors_name_the_problem_and_column() -> TestResult {
         assert_eq!(
             render("ab{{.Nmae}}", &data()),
             Err(TemplateError::UnknownField { column: 3, field: "Nmae".into() })
@@ -355,11 +364,13 @@ mod tests {
         assert!(matches!(render("{{.Name .Version}}", &data()), Err(TemplateError::Syntax { .. })));
         assert!(matches!(render(r#"{{"abc}}"#, &data()), Err(TemplateError::Syntax { .. })));
         assert!(matches!(render("{{}}", &data()), Err(TemplateError::Syntax { .. })));
+        Ok(())
     }
 
     #[test]
-    fn version_parts_are_empty_for_malformed_versions_like_go() {
+    fn version_parts_are_empty_for_malformed_versions_like_go() -> TestResult {
         let d = TemplateData::new("n", "1.2");
-        assert_eq!(render("[{{.VersionMajor}}]", &d).unwrap(), "[]");
+        assert_eq!(render("[{{.VersionMajor}}]", &d)?, "[]");
+        Ok(())
     }
 }

@@ -227,6 +227,8 @@ fn deflate_block(data: &[u8], dictionary: &[u8], level: u32, last: bool) -> Resu
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
     use rand::{Rng, SeedableRng};
 
@@ -252,49 +254,54 @@ mod tests {
     }
 
     #[test]
-    fn round_trips_across_many_blocks_and_threads() {
+    fn round_trips_across_many_blocks_and_threads() -> TestResult {
         let data = mixed(BLOCK_SIZE * 5 + 12345);
         for threads in [1, 3] {
             let mut out = Vec::new();
-            let stats = compress(&data[..], &mut out, 6, threads, &|_| {}, &|| false).unwrap();
+            let stats = compress(&data[..], &mut out, 6, threads, &|_| {}, &|| false)?;
             assert_eq!(stats.input, data.len() as u64);
             assert_eq!(stats.output, out.len() as u64);
             assert_eq!(gunzip(&out), data);
         }
+        Ok(())
     }
 
     #[test]
-    fn empty_input_is_a_valid_gzip() {
+    fn empty_input_is_a_valid_gzip() -> TestResult {
         let mut out = Vec::new();
-        compress(&[][..], &mut out, 6, 2, &|_| {}, &|| false).unwrap();
+        compress(&[][..], &mut out, 6, 2, &|_| {}, &|| false)?;
         assert!(gunzip(&out).is_empty());
+        Ok(())
     }
 
     #[test]
-    fn ratio_is_close_to_serial_gzip() {
+    fn ratio_is_close_to_serial_gzip() -> TestResult {
         let data = mixed(BLOCK_SIZE * 4);
         let mut ours = Vec::new();
-        compress(&data[..], &mut ours, 6, 2, &|_| {}, &|| false).unwrap();
+        compress(&data[..], &mut ours, 6, 2, &|_| {}, &|| false)?;
         let mut serial = flate2::write::GzEncoder::new(Vec::new(), Compression::new(6));
-        serial.write_all(&data).unwrap();
-        let serial = serial.finish().unwrap();
+        serial.write_all(&data)?;
+        let serial = serial.finish()?;
         assert!(ours.len() as f64 <= serial.len() as f64 * 1.01, "{} vs {}", ours.len(), serial.len());
+        Ok(())
     }
 
     #[test]
-    fn random_data_is_stored_not_deflated() {
+    fn random_data_is_stored_not_deflated() -> TestResult {
         let mut data = vec![0u8; 256 * 1024];
         rand::rngs::StdRng::seed_from_u64(1).fill(&mut data[..]);
         assert!(looks_incompressible(&data));
         let text: Vec<u8> = (0..256 * 1024).map(|i| b"abcdefgh"[i % 8]).collect();
         assert!(!looks_incompressible(&text));
+        Ok(())
     }
 
     #[test]
-    fn cancel_aborts() {
+    fn cancel_aborts() -> TestResult {
         let data = mixed(BLOCK_SIZE * 3);
         let mut out = Vec::new();
         let err = compress(&data[..], &mut out, 6, 2, &|_| {}, &|| true).unwrap_err();
         assert!(matches!(err, FormatError::Interrupted));
+        Ok(())
     }
 }

@@ -241,12 +241,14 @@ impl Read for LayoutReader<'_> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
 
     #[test]
-    fn pieces_merge_and_reader_yields_them_in_order() {
-        let src = tempfile::tempfile().unwrap();
-        src.write_all_at(b"0123456789", 0).unwrap();
+    fn pieces_merge_and_reader_yields_them_in_order() -> TestResult {
+        let src = tempfile::tempfile()?;
+        src.write_all_at(b"0123456789", 0)?;
         let mut layout = Layout::new();
         layout.source(2, 3);
         layout.source(5, 2);
@@ -257,7 +259,8 @@ mod tests {
         assert_eq!(layout.len(), 10);
         assert_eq!(layout.payload_bytes(), 7);
         let mut out = Vec::new();
-        layout.reader(&src).read_to_end(&mut out).unwrap();
+        layout.reader(&src).read_to_end(&mut out)?;
         assert_eq!(out, b"23456\0\0\0xy");
+        Ok(())
     }
 }

@@ -108,45 +108,50 @@ pub fn source_bytes(layout: &Layout) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
     use crate::image::Extent;
 
     #[test]
-    fn numbers_switch_to_base256_at_8_gib() {
+    fn numbers_switch_to_base256_at_8_gib() -> TestResult {
         let mut f = [0u8; 12];
         put_number(&mut f, (8u64 << 30) - 1);
         assert_eq!(&f, b"77777777777\0");
         put_number(&mut f, 8u64 << 30);
         assert_eq!(f[0], 0x80);
-        assert_eq!(u64::from_be_bytes(f[4..12].try_into().unwrap()), 8u64 << 30);
+        assert_eq!(u64::from_be_bytes(f[4..12].try_into()?), 8u64 << 30);
         let mut m = [0u8; 8];
         put_number(&mut m, 0o644);
         assert_eq!(&m, b"0000644\0");
+        Ok(())
     }
 
     #[test]
-    fn header_checksum_is_valid() {
+    fn header_checksum_is_valid() -> TestResult {
         let h = sparse_headers(GIB, &[(0, 4096), (GIB, 0)], 0);
-        let stored = u64::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap(), 8).unwrap();
+        let stored = u64::from_str_radix(std::str::from_utf8(&h[148..154])?, 8)?;
         let mut copy = h[..512].to_vec();
         copy[148..156].fill(b' ');
         assert_eq!(stored, copy.iter().map(|b| u64::from(*b)).sum::<u64>());
         assert_eq!(h[156], b'S');
         assert_eq!(&h[257..265], b"ustar  \0");
+        Ok(())
     }
 
     #[test]
-    fn many_extents_use_extension_blocks() {
+    fn many_extents_use_extension_blocks() -> TestResult {
         let entries: Vec<(u64, u64)> = (0..30).map(|i| (i * 8192, 4096)).collect();
         let h = sparse_headers(GIB, &entries, 0);
         assert_eq!(h.len(), 512 * 3, "4 in the header, 21 + 5 in two extension blocks");
         assert_eq!(h[482], 1);
         assert_eq!(h[512 + 504], 1);
         assert_eq!(h[1024 + 504], 0);
+        Ok(())
     }
 
     #[test]
-    fn member_size_rounds_up_to_whole_gib() {
+    fn member_size_rounds_up_to_whole_gib() -> TestResult {
         let map = ExtentMap::from_extents(GIB + 1, vec![Extent { start: 0, len: 1000 }]);
         let l = tar_layout(&map, 0);
         let header = match &l.pieces()[0] {
@@ -156,5 +161,6 @@ mod tests {
         assert_eq!(&header[483..495], format!("{:011o}\0", 2 * GIB).as_bytes());
         assert_eq!(l.len() % 512, 0);
         assert_eq!(source_bytes(&l), 1000);
+        Ok(())
     }
 }

@@ -124,37 +124,41 @@ pub fn layout(map: &ExtentMap) -> Layout {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
     use std::time::Duration;
 
     #[test]
-    fn footer_fields_match_the_spec() {
+    fn footer_fields_match_the_spec() -> TestResult {
         let time = UNIX_EPOCH + Duration::from_secs(VHD_EPOCH + 1234);
         let f = footer(64 << 20, [7; 16], time);
         assert_eq!(&f[0..8], b"conectix");
         assert_eq!(&f[8..12], &[0, 0, 0, 2]);
         assert_eq!(&f[12..16], &[0, 1, 0, 0]);
         assert_eq!(&f[16..24], &[0xff; 8]);
-        assert_eq!(u32::from_be_bytes(f[24..28].try_into().unwrap()), 1234);
-        assert_eq!(u64::from_be_bytes(f[40..48].try_into().unwrap()), 64 << 20);
-        assert_eq!(u64::from_be_bytes(f[48..56].try_into().unwrap()), 64 << 20);
+        assert_eq!(u32::from_be_bytes(f[24..28].try_into()?), 1234);
+        assert_eq!(u64::from_be_bytes(f[40..48].try_into()?), 64 << 20);
+        assert_eq!(u64::from_be_bytes(f[48..56].try_into()?), 64 << 20);
         assert_eq!(&f[60..64], &[0, 0, 0, 2]);
         assert_eq!(&f[68..84], &[7; 16]);
         assert!(f[84..].iter().all(|b| *b == 0));
+        Ok(())
     }
 
     #[test]
-    fn footer_checksum_matches_spec() {
+    fn footer_checksum_matches_spec() -> TestResult {
         let f = footer(20 << 20, [0xab; 16], SystemTime::now());
-        let stored = u32::from_be_bytes(f[64..68].try_into().unwrap());
+        let stored = u32::from_be_bytes(f[64..68].try_into()?);
         let mut zeroed = f;
         zeroed[64..68].fill(0);
         let sum: u32 = zeroed.iter().map(|b| u32::from(*b)).sum();
         assert_eq!(stored, !sum);
+        Ok(())
     }
 
     #[test]
-    fn geometry_follows_the_spec_appendix() {
+    fn geometry_follows_the_spec_appendix() -> TestResult {
         // 20 MiB: 40960 sectors -> 17 spt path.
         assert_eq!(geometry(40960), (602, 4, 17));
         // Anything at or above 65535*16*255 sectors is capped at the maximum.
@@ -163,20 +167,23 @@ mod tests {
         let (c, h, s) = geometry((127u64 << 30) / 512);
         assert_eq!((h, s), (16, 255));
         assert!(u64::from(c) * 16 * 255 <= (127u64 << 30) / 512);
+        Ok(())
     }
 
     #[test]
-    fn alignment_rounds_up_to_whole_mib_only_when_needed() {
+    fn alignment_rounds_up_to_whole_mib_only_when_needed() -> TestResult {
         assert_eq!(aligned_size(1), 1 << 20);
         assert_eq!(aligned_size(1 << 20), 1 << 20);
         assert_eq!(aligned_size((1 << 20) + 1), 2 << 20);
+        Ok(())
     }
 
     #[test]
-    fn layout_is_aligned_data_plus_footer() {
+    fn layout_is_aligned_data_plus_footer() -> TestResult {
         let map = ExtentMap::from_extents(3_000_000, vec![crate::image::Extent { start: 0, len: 4096 }]);
         let l = layout(&map);
         assert_eq!(l.len(), (3 << 20) + 512);
         assert_eq!(l.payload_bytes(), 4096 + 512);
+        Ok(())
     }
 }

@@ -136,14 +136,16 @@ fn write_nonzero_blocks(dst: &File, data: &[u8], offset: u64) -> std::io::Result
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
     use std::io::Read;
     use std::sync::atomic::AtomicU64;
 
-    fn check_copy(threads: usize) {
-        let src = tempfile::tempfile().unwrap();
-        src.set_len(64 << 20).unwrap();
-        src.write_all_at(&[5u8; 10_000_000], 1 << 20).unwrap();
+    fn check_copy(threads: usize) -> TestResult {
+        let src = tempfile::tempfile()?;
+        src.set_len(64 << 20)?;
+        src.write_all_at(&[5u8; 10_000_000], 1 << 20)?;
         let mut layout = Layout::new();
         layout.bytes(b"head".to_vec());
         layout.zeros(40 << 20);
@@ -151,7 +153,7 @@ mod tests {
         layout.source(50 << 20, 100); // a hole in the source reads as zeros
         layout.source((64 << 20) - 10, 20); // past the end of the source reads as zeros
         layout.zeros(12345);
-        let dst = tempfile::tempfile().unwrap();
+        let dst = tempfile::tempfile()?;
         let total = AtomicU64::new(0);
         layout_to_file(
             &layout,
@@ -162,50 +164,53 @@ mod tests {
                 total.fetch_add(n, Ordering::Relaxed);
             },
             &|| false,
-        )
-        .unwrap();
+        )?;
         assert_eq!(total.load(Ordering::Relaxed), layout.payload_bytes());
         let mut written = Vec::new();
-        (&dst).read_to_end(&mut written).unwrap();
+        (&dst).read_to_end(&mut written)?;
         let mut streamed = Vec::new();
-        layout.reader(&src).read_to_end(&mut streamed).unwrap();
+        layout.reader(&src).read_to_end(&mut streamed)?;
         assert_eq!(written.len() as u64, layout.len());
         assert!(written == streamed, "file output must equal the streamed layout");
         use std::os::unix::fs::MetadataExt;
-        assert!(dst.metadata().unwrap().blocks() * 512 < 12 << 20, "zero runs must stay holes");
+        assert!(dst.metadata()?.blocks() * 512 < 12 << 20, "zero runs must stay holes");
+        Ok(())
     }
 
     #[test]
-    fn file_output_equals_the_stream_on_one_and_many_threads() {
-        check_copy(1);
-        check_copy(3);
+    fn file_output_equals_the_stream_on_one_and_many_threads() -> TestResult {
+        check_copy(1)?;
+        check_copy(3)?;
+        Ok(())
     }
 
     #[test]
-    fn zero_blocks_inside_data_stay_holes() {
-        let src = tempfile::tempfile().unwrap();
+    fn zero_blocks_inside_data_stay_holes() -> TestResult {
+        let src = tempfile::tempfile()?;
         let mut data = vec![7u8; 8 << 20];
         data[4096..(6 << 20)].fill(0);
-        src.write_all_at(&data, 0).unwrap();
+        src.write_all_at(&data, 0)?;
         let mut layout = Layout::new();
         layout.source(0, data.len() as u64);
-        let dst = tempfile::tempfile().unwrap();
-        layout_to_file(&layout, &src, &dst, 2, &|_| {}, &|| false).unwrap();
+        let dst = tempfile::tempfile()?;
+        layout_to_file(&layout, &src, &dst, 2, &|_| {}, &|| false)?;
         let mut written = Vec::new();
-        (&dst).read_to_end(&mut written).unwrap();
+        (&dst).read_to_end(&mut written)?;
         assert!(written == data);
         use std::os::unix::fs::MetadataExt;
-        assert!(dst.metadata().unwrap().blocks() * 512 <= (3 << 20), "6 MiB of zeros must not be written");
+        assert!(dst.metadata()?.blocks() * 512 <= (3 << 20), "6 MiB of zeros must not be written");
+        Ok(())
     }
 
     #[test]
-    fn full_device_is_reported_as_disk_full() {
-        let src = tempfile::tempfile().unwrap();
-        src.write_all_at(&[1u8; 4096], 0).unwrap();
+    fn full_device_is_reported_as_disk_full() -> TestResult {
+        let src = tempfile::tempfile()?;
+        src.write_all_at(&[1u8; 4096], 0)?;
         let mut layout = Layout::new();
         layout.source(0, 4096);
-        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full")?;
         let err = layout_to_file(&layout, &src, &full, 1, &|_| {}, &|| false).unwrap_err();
         assert!(matches!(err, FormatError::DiskFull { needed: 4096 }), "{err:?}");
+        Ok(())
     }
 }

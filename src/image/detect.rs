@@ -106,17 +106,19 @@ pub fn detect(file: &File, size: u64) -> std::io::Result<DetectedFormat> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
     use std::io::Write;
 
     fn detect_bytes(bytes: &[u8]) -> DetectedFormat {
-        let mut f = tempfile::tempfile().unwrap();
-        f.write_all(bytes).unwrap();
-        detect(&f, bytes.len() as u64).unwrap()
+        let mut f = tempfile::tempfile().expect("temp file");
+        f.write_all(bytes).expect("write");
+        detect(&f, bytes.len() as u64).expect("detect")
     }
 
     #[test]
-    fn recognises_magic_bytes() {
+    fn recognises_magic_bytes() -> TestResult {
         assert_eq!(detect_bytes(b"QFI\xfb\0\0\0\x03"), DetectedFormat::Qcow2);
         assert_eq!(detect_bytes(b"conectix...."), DetectedFormat::VhdDynamic);
         assert_eq!(detect_bytes(b"vhdxfile"), DetectedFormat::Vhdx);
@@ -131,15 +133,17 @@ mod tests {
         let mut fixed = vec![0u8; 4096];
         fixed[4096 - 512..4096 - 504].copy_from_slice(b"conectix");
         assert_eq!(detect_bytes(&fixed), DetectedFormat::VhdFixed);
+        Ok(())
     }
 
     #[test]
-    fn anything_else_is_raw() {
+    fn anything_else_is_raw() -> TestResult {
         assert_eq!(detect_bytes(&[0u8; 4096]), DetectedFormat::Raw);
         let mut mbr = vec![0u8; 4096];
         mbr[510] = 0x55;
         mbr[511] = 0xaa;
         assert_eq!(detect_bytes(&mbr), DetectedFormat::Raw);
         assert_eq!(detect_bytes(b"x"), DetectedFormat::Raw);
+        Ok(())
     }
 }

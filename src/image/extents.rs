@@ -223,6 +223,8 @@ fn allocated_ranges(file: &File, size: u64) -> Result<Vec<Extent>, ScanError> {
 
 #[cfg(test)]
 mod tests {
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
     use super::*;
     use proptest::prelude::*;
     use std::os::unix::fs::FileExt;
@@ -256,34 +258,37 @@ mod tests {
     }
 
     #[test]
-    fn holes_and_zero_blocks_are_dropped() {
+    fn holes_and_zero_blocks_are_dropped() -> TestResult {
         let f = sparse_file(1 << 20, &[(0, 100, 1), (8192, 4096, 0), (65536, 5000, 7)]);
-        let map = ExtentMap::scan(&f, 1 << 20, 4096, 2, &never).unwrap();
+        let map = ExtentMap::scan(&f, 1 << 20, 4096, 2, &never)?;
         assert_eq!(
             map.extents,
             vec![Extent { start: 0, len: 4096 }, Extent { start: 65536, len: 8192 }],
             "written zeros at 8192 are not data"
         );
         assert_eq!(map.data_bytes(), 12288);
+        Ok(())
     }
 
     #[test]
-    fn all_holes_is_empty_and_tail_block_is_partial() {
+    fn all_holes_is_empty_and_tail_block_is_partial() -> TestResult {
         let f = sparse_file(10_000, &[]);
-        assert!(ExtentMap::scan(&f, 10_000, 4096, 2, &never).unwrap().extents.is_empty());
+        assert!(ExtentMap::scan(&f, 10_000, 4096, 2, &never)?.extents.is_empty());
         let f = sparse_file(10_000, &[(9_999, 1, 9)]);
-        let map = ExtentMap::scan(&f, 10_000, 4096, 2, &never).unwrap();
+        let map = ExtentMap::scan(&f, 10_000, 4096, 2, &never)?;
         assert_eq!(map.extents, vec![Extent { start: 8192, len: 1808 }]);
+        Ok(())
     }
 
     #[test]
-    fn cancel_stops_the_scan() {
+    fn cancel_stops_the_scan() -> TestResult {
         let f = sparse_file(1 << 20, &[(0, 1 << 20, 1)]);
         assert!(matches!(ExtentMap::scan(&f, 1 << 20, 4096, 2, &|| true), Err(ScanError::Interrupted)));
+        Ok(())
     }
 
     #[test]
-    fn coarsen_rounds_to_units() {
+    fn coarsen_rounds_to_units() -> TestResult {
         let map = ExtentMap::from_extents(
             200_000,
             vec![
@@ -294,6 +299,7 @@ mod tests {
         );
         let c = map.coarsen(65536);
         assert_eq!(c.extents, vec![Extent { start: 0, len: 131072 }, Extent { start: 196_608, len: 3392 }]);
+        Ok(())
     }
 
     proptest! {

@@ -239,7 +239,7 @@ mod tests {
     async fn bounded_runs_all_units_and_stops_at_the_first_failure() {
         let cancel = Cancel::new();
         let ok: Result<Vec<u64>, Stopped<String>> = run_bounded(0..50, 4, &cancel, |u| async move { Ok(u * 2) }).await;
-        let mut values = ok.unwrap();
+        let Ok(mut values) = ok else { panic!("all units succeed") };
         values.sort();
         assert_eq!(values, (0..50).map(|u| u * 2).collect::<Vec<_>>());
 
@@ -270,7 +270,7 @@ mod tests {
             async move { Ok(if n == 1 { Some(7) } else { None }) }
         })
         .await;
-        assert_eq!(ready.unwrap(), 7);
+        assert!(matches!(ready, Ok(7)));
         let never: Result<u32, Stopped<()>> = poll_until(Duration::ZERO, &cancel, || async { Ok(None) }).await;
         assert!(matches!(never, Err(Stopped::TimedOut)));
     }

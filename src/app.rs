@@ -90,7 +90,7 @@ fn version_files(variants: &[VariantConfig]) -> BTreeMap<PathBuf, ImageVersion> 
 }
 
 fn upload(args: &UploadArgs) -> Result<(), AppError> {
-    SourceImage::open(&args.image)?;
+    let image = SourceImage::open(&args.image)?;
     let config = Config::load(&args.config_dir)?;
     let variants = config.resolve_selected(&args.enable_variant_glob, &args.disable_variant_glob)?;
     let bumps = version_files(&variants);
@@ -121,7 +121,6 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
     // Every provider and every credential is checked before the first byte moves, so a run does not stop half-way
     // for a reason that was knowable up front.
     provider::check_supported(&variants)?;
-    let image = SourceImage::open(&args.image)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
     let options = UploadOptions { concurrency: args.concurrency as usize, cancel: Cancel::on_signals() };
     let results = runtime.block_on(async {
@@ -130,7 +129,7 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         }
         // Variants upload in parallel; each keeps its own order of steps.
         let uploads = variants.iter().map(|cfg| provider::upload(cfg, &image, &options));
-        Ok::<_, ProviderError>(futures_join_all(uploads).await)
+        Ok::<_, ProviderError>(futures_util::future::join_all(uploads).await)
     })?;
 
     let mut references = Vec::new();
@@ -192,23 +191,4 @@ fn convert(args: &ConvertArgs) -> Result<(), AppError> {
         report.elapsed.as_secs_f64()
     );
     Ok(())
-}
-
-/// Awaits all futures concurrently and returns their outputs in order.
-async fn futures_join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let futures: Vec<_> = futures.map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    let mut pending: Vec<_> = futures.into_iter().enumerate().collect();
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
-            std::task::Poll::Ready(out) => {
-                outputs[*i] = Some(out);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }

@@ -23,7 +23,7 @@ pub struct Plan<'a> {
     pub variants: Vec<VariantPlan<'a>>,
 }
 
-/// Builds the plan for `variants`. `image` is shown in the steps; `bumps` lists (file, old, new) for `-i`.
+/// Builds the plan for `variants`; `image` is shown in the steps.
 pub fn plan<'a>(variants: &'a [VariantConfig], image: &Path) -> Plan<'a> {
     Plan { variants: variants.iter().map(|cfg| VariantPlan { config: cfg, steps: steps(cfg, image) }).collect() }
 }

@@ -49,10 +49,29 @@ echo "input: $(du -h --apparent-size system.raw | cut -f1) apparent, $(du -h sys
 AWS_ENDPOINT_URL="http://127.0.0.1:$MOTO_PORT" /usr/bin/time -o time.txt -f "%e %M" \
     "$UPLOSI" upload system.raw -c ebs 2> ebs.log >/dev/null || { cat ebs.log; exit 1; }
 read -r ebs_time ebs_rss < time.txt
-line=$(grep -o '[0-9]* blocks, [0-9]* bytes sent for [0-9]* bytes of data' ebs.log)
+line=$(grep -o '[0-9]* blocks, [0-9]* bytes sent' ebs.log)
 sent=$(echo "$line" | awk '{print $3}')
-data=$(echo "$line" | awk '{print $7}')
-echo "EBS direct:   $line"
+# The image's data bytes: allocated 4 KiB blocks (SEEK_DATA) that are not all zeros.
+data=$(python3 - system.raw <<'PY'
+import os, sys
+fd, zero, total = os.open(sys.argv[1], os.O_RDONLY), bytes(4096), 0
+size, pos = os.fstat(fd).st_size, 0
+while pos < size:
+    try:
+        start = os.lseek(fd, pos, os.SEEK_DATA)
+    except OSError:
+        break
+    end = os.lseek(fd, start, os.SEEK_HOLE)
+    start -= start % 4096
+    while start < end:
+        chunk = os.pread(fd, 4096, start)
+        total += len(chunk) if chunk != zero[: len(chunk)] else 0
+        start += 4096
+    pos = end
+print(total)
+PY
+)
+echo "EBS direct:   $line for $data bytes of data (non-zero 4 KiB blocks)"
 echo "              bytes sent / data bytes = $(python3 -c "print(f'{$sent / $data:.4f}')"); ${ebs_time} s; peak RSS ${ebs_rss} KiB"
 
 AWS_ENDPOINT_URL="http://127.0.0.1:$PROXY_PORT" /usr/bin/time -o time.txt -f "%e %M" \

@@ -69,6 +69,20 @@ impl Run {
     }
 }
 
+/// Asserts that no snapshot uploaded by uplosi and no AMI named podvm-1.2.3 exists in us-east-1.
+fn assert_nothing_left(endpoint: &str, why: &str) {
+    runtime().block_on(async {
+        let conf = moto::sdk_config(endpoint, "us-east-1").await;
+        assert!(snapshots_named(&conf, "podvm-1.2.3").await.is_empty(), "{why}");
+        assert!(images_named(&conf, "podvm-1.2.3").await.is_empty(), "no AMI may be left either");
+    });
+}
+
+/// A path-style S3 client for moto.
+fn s3_client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(conf).force_path_style(true).build())
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
 }
@@ -140,8 +154,7 @@ async fn images_named(conf: &aws_config::SdkConfig, name: &str) -> Vec<aws_sdk_e
 #[test]
 fn upload_registers_replicates_publishes_and_bumps_the_version() {
     let server = moto::start();
-    let stats = tempfile::NamedTempFile::new().unwrap();
-    let proxy = moto::start_proxy(&server, &[], stats.path());
+    let proxy = moto::start_proxy(&server, &[]);
     let image = fixtures::gpt_image();
     let run = Run::new(&config("architecture = \"arm64\"\nvolumeType = \"gp2\""), &image.path);
     let out = run.uplosi(&proxy.url).args(["upload", "system.raw", "-i"]).output().unwrap();
@@ -158,7 +171,7 @@ fn upload_registers_replicates_publishes_and_bumps_the_version() {
     }
     assert_eq!(run.ws.read("version.txt"), "1.2.4\n");
 
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    let stats = proxy.stats();
     let register = &stats["RegisterImageParams"];
     for (key, value) in [
         ("Name", "podvm-1.2.3"),
@@ -299,8 +312,7 @@ fn existing_ami_is_replaced_or_refused() {
 #[test]
 fn a_block_that_keeps_failing_aborts_and_deletes_the_snapshot() {
     let server = moto::start();
-    let stats = tempfile::NamedTempFile::new().unwrap();
-    let proxy = moto::start_proxy(&server, &["--fail-block", "1"], stats.path());
+    let proxy = moto::start_proxy(&server, &["--fail-block", "1"]);
     let image = &fixtures::synthetic_cases()[1]; // 3 MiB of data: blocks 0..=6
     let run = Run::new(&config("replicationRegions = []"), &image.path);
     let out = run.uplosi(&proxy.url).args(["upload", "system.raw", "-i"]).output().unwrap();
@@ -312,21 +324,16 @@ fn a_block_that_keeps_failing_aborts_and_deletes_the_snapshot() {
         "{stderr}"
     );
     assert!(stderr.contains("deleting incomplete snapshot"), "{stderr}");
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    let stats = proxy.stats();
     assert_eq!(stats["PutSnapshotBlockFailed"], 8, "the failing block is retried up to the policy's 8 attempts");
     assert_eq!(run.ws.read("version.txt"), "1.2.3\n");
-    runtime().block_on(async {
-        let conf = moto::sdk_config(&server.url, "us-east-1").await;
-        assert!(snapshots_named(&conf, "podvm-1.2.3").await.is_empty(), "the snapshot must be deleted");
-        assert!(images_named(&conf, "podvm-1.2.3").await.is_empty());
-    });
+    assert_nothing_left(&server.url, "the snapshot must be deleted");
 }
 
 #[test]
 fn access_denied_on_ebs_names_the_permissions_and_the_alternative() {
     let server = moto::start();
-    let stats = tempfile::NamedTempFile::new().unwrap();
-    let proxy = moto::start_proxy(&server, &["--deny-start-snapshot"], stats.path());
+    let proxy = moto::start_proxy(&server, &["--deny-start-snapshot"]);
     let image = &fixtures::synthetic_cases()[1];
     let run = Run::new(&config(""), &image.path);
     let out = run.uplosi(&proxy.url).args(["upload", "system.raw"]).output().unwrap();
@@ -341,7 +348,7 @@ fn access_denied_on_ebs_names_the_permissions_and_the_alternative() {
     ] {
         assert!(stderr.contains(needle), "missing {needle:?} in {stderr}");
     }
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    let stats = proxy.stats();
     assert_eq!(stats["StartSnapshot"], 1, "access denied is not retried");
 }
 
@@ -370,8 +377,7 @@ fn missing_credentials_fail_before_any_work() {
 #[test]
 fn import_snapshot_path_uploads_through_s3_and_cleans_up() {
     let server = moto::start();
-    let stats = tempfile::NamedTempFile::new().unwrap();
-    let proxy = moto::start_proxy(&server, &[], stats.path());
+    let proxy = moto::start_proxy(&server, &[]);
     let image = &fixtures::synthetic_cases()[1];
     let run = Run::new(
         &config("uploadMethod = \"import-snapshot\"\nbucket = \"podvm-upload\"\nreplicationRegions = []"),
@@ -381,12 +387,12 @@ fn import_snapshot_path_uploads_through_s3_and_cleans_up() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("arn:aws:ec2:us-east-1:{ACCOUNT}:image/ami-")));
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    let stats = proxy.stats();
     assert_eq!(stats["ImportSnapshot"], 1);
     assert!(stats["DescribeImportSnapshotTasks"].as_u64().unwrap() >= 2, "the task is polled until completed");
     runtime().block_on(async {
         let conf = moto::sdk_config(&server.url, "us-east-1").await;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        let s3 = s3_client(&conf);
         let objects = s3.list_objects_v2().bucket("podvm-upload").send().await.unwrap();
         assert!(objects.contents().is_empty(), "the temporary object is deleted");
         let uploads = s3.list_multipart_uploads().bucket("podvm-upload").send().await.unwrap();
@@ -399,8 +405,7 @@ fn import_snapshot_path_uploads_through_s3_and_cleans_up() {
 #[test]
 fn ctrl_c_during_the_upload_removes_the_snapshot() {
     let server = moto::start();
-    let stats = tempfile::NamedTempFile::new().unwrap();
-    let proxy = moto::start_proxy(&server, &["--slow-blocks", "0.5"], stats.path());
+    let proxy = moto::start_proxy(&server, &["--slow-blocks", "0.5"]);
     let image = fixtures::gpt_image();
     let run = Run::new(&config("replicationRegions = []"), &image.path);
     let child = run
@@ -413,34 +418,26 @@ fn ctrl_c_during_the_upload_removes_the_snapshot() {
     // Interrupt once blocks are flowing.
     let started = std::time::Instant::now();
     loop {
-        let text = std::fs::read_to_string(stats.path()).unwrap_or_default();
-        let seen: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if seen["PutSnapshotBlock"].as_u64().unwrap_or(0) >= 1 {
+        if proxy.stats()["PutSnapshotBlock"].as_u64().unwrap_or(0) >= 1 {
             break;
         }
         assert!(started.elapsed().as_secs() < 60, "no block upload started");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    // SAFETY: kill with the pid of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    support::interrupt(&child);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(out.stdout.is_empty());
     assert_eq!(run.ws.read("version.txt"), "1.2.3\n");
-    runtime().block_on(async {
-        let conf = moto::sdk_config(&server.url, "us-east-1").await;
-        assert!(snapshots_named(&conf, "podvm-1.2.3").await.is_empty(), "the partial snapshot must be deleted");
-        assert!(images_named(&conf, "podvm-1.2.3").await.is_empty());
-    });
+    assert_nothing_left(&server.url, "the partial snapshot must be deleted");
 }
 
 #[test]
 fn a_failing_s3_part_aborts_the_multipart_upload() {
     let server = moto::start();
-    let stats = tempfile::NamedTempFile::new().unwrap();
-    let proxy = moto::start_proxy(&server, &["--fail-part", "1"], stats.path());
+    let proxy = moto::start_proxy(&server, &["--fail-part", "1"]);
     let image = &fixtures::synthetic_cases()[1];
     let run = Run::new(
         &config("uploadMethod = \"import-snapshot\"\nbucket = \"podvm-upload\"\nreplicationRegions = []"),
@@ -451,12 +448,12 @@ fn a_failing_s3_part_aborts_the_multipart_upload() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("UploadPart failed: InternalError: injected failure for part 1"), "{stderr}");
     assert!(stderr.contains("aborted multipart upload"), "{stderr}");
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(stats.path()).unwrap()).unwrap();
+    let stats = proxy.stats();
     assert_eq!(stats["UploadPartFailed"], 8, "the part is retried up to the policy's 8 attempts");
     assert!(stats.get("ImportSnapshot").is_none(), "nothing is imported after a failed upload");
     runtime().block_on(async {
         let conf = moto::sdk_config(&server.url, "us-east-1").await;
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&conf).force_path_style(true).build());
+        let s3 = s3_client(&conf);
         let uploads = s3.list_multipart_uploads().bucket("podvm-upload").send().await.unwrap();
         assert!(uploads.uploads().is_empty(), "the multipart upload must be aborted");
         let objects = s3.list_objects_v2().bucket("podvm-upload").send().await.unwrap();

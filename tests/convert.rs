@@ -271,8 +271,7 @@ fn interrupted_convert_leaves_no_half_file() {
     while std::fs::read_dir(dir.path()).unwrap().count() == 0 && started.elapsed().as_secs() < 30 {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    // SAFETY: kill with a valid pid of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    support::interrupt(&child);
     let output = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(130), "a level-9 tar.gz of 200 MiB cannot finish in milliseconds: {stderr}");

@@ -93,3 +93,10 @@ pub fn variant<'a>(plan: &'a serde_json::Value, name: &str) -> &'a serde_json::V
         .find(|v| v["variant"] == name)
         .unwrap_or_else(|| panic!("variant {name} not in plan: {plan}"))
 }
+
+/// Sends SIGINT to a child process, as Ctrl-C would.
+pub fn interrupt(child: &std::process::Child) {
+    // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
+    let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(rc, 0, "kill failed");
+}

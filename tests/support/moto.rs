@@ -4,7 +4,6 @@
 //! RegisterImage ignores the block device mapping, so an AMI's snapshot is checked through the snapshot we made.
 
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,21 +55,40 @@ pub fn start() -> Server {
     Server { child, url: format!("http://127.0.0.1:{port}"), port }
 }
 
+/// `tests/support/aws_proxy.py` in front of moto, with the JSON file it writes its request counts to.
+pub struct Proxy {
+    /// The proxy's base URL.
+    pub url: String,
+    _server: Server,
+    stats: tempfile::NamedTempFile,
+}
+
+impl Proxy {
+    /// Request counts per operation (and the last RegisterImage's parameters); `Null` while the file is being
+    /// rewritten.
+    pub fn stats(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(self.stats.path()).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or_default()
+    }
+}
+
 /// Starts `tests/support/aws_proxy.py` in front of `upstream` with extra arguments (fault rules).
-pub fn start_proxy(upstream: &Server, args: &[&str], stats: &Path) -> Server {
+pub fn start_proxy(upstream: &Server, args: &[&str]) -> Proxy {
+    let stats = tempfile::NamedTempFile::new().expect("stats file");
     let port = free_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/aws_proxy.py");
     let mut child = Command::new("python3")
         .arg(script)
         .args(["--port", &port.to_string(), "--upstream", &upstream.url, "--stats"])
-        .arg(stats)
+        .arg(stats.path())
         .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("python3");
     wait_listening(port, &mut child, "aws_proxy.py");
-    Server { child, url: format!("http://127.0.0.1:{port}"), port }
+    let url = format!("http://127.0.0.1:{port}");
+    Proxy { url: url.clone(), _server: Server { child, url, port }, stats }
 }
 
 /// An SDK configuration pointing at `url` with static test credentials.

@@ -114,9 +114,12 @@ pub async fn register(
             error::call(region, "RegisterImage", &e)
         }
     })?;
-    out.image_id()
-        .map(str::to_string)
-        .ok_or_else(|| AwsError::State { region: region.into(), what: "RegisterImage returned no image ID".into() })
+    returned_id(region, "RegisterImage", out.image_id())
+}
+
+fn returned_id(region: &str, operation: &str, id: Option<&str>) -> Result<String, AwsError> {
+    id.map(str::to_string)
+        .ok_or_else(|| AwsError::State { region: region.into(), what: format!("{operation} returned no image ID") })
 }
 
 use aws_sdk_ec2::error::ProvideErrorMetadata;
@@ -139,9 +142,7 @@ pub async fn copy(
         .send()
         .await
         .map_err(|e| error::call(region, "CopyImage", &e))?;
-    out.image_id()
-        .map(str::to_string)
-        .ok_or_else(|| AwsError::State { region: region.into(), what: "CopyImage returned no image ID".into() })
+    returned_id(region, "CopyImage", out.image_id())
 }
 
 /// Waits until `ami` is available and returns it with its snapshots.

@@ -184,12 +184,11 @@ async fn publish_steps(
     let snapshot_id = if a.upload_method == "import-snapshot" {
         import::upload(&primary_config, primary, image, cfg, &snapshot_tags, options).await?
     } else {
-        let map = image.extents(crate::image::extents::ZERO_BLOCK, 4, &|| options.cancel.is_cancelled()).map_err(
-            |e| match e {
-                crate::image::ImageError::Interrupted => AwsError::Interrupted,
-                other => AwsError::Read { offset: 0, source: std::io::Error::other(other.to_string()) },
-            },
-        )?;
+        // Block granularity is all the upload needs; the scan then reads only the first 4 KiB of most data blocks.
+        let map = image.extents(ebs::BLOCK_SIZE, 4, &|| options.cancel.is_cancelled()).map_err(|e| match e {
+            crate::image::ImageError::Interrupted => AwsError::Interrupted,
+            other => AwsError::Read { offset: 0, source: std::io::Error::other(other.to_string()) },
+        })?;
         let ebs_clients = ebs::clients(&primary_config);
         let (id, stats) = ebs::upload(
             ebs::Target { ebs: &ebs_clients, ec2: &ec2, region: primary },
@@ -201,10 +200,10 @@ async fn publish_steps(
         )
         .await?;
         tracing::info!(
-            "AWS {primary}: snapshot {id} complete: {} blocks, {} bytes sent for {} bytes of data",
+            "AWS {primary}: snapshot {id} complete: {} blocks, {} bytes sent of a {}-byte image",
             stats.blocks,
             stats.bytes,
-            map.data_bytes()
+            image.size
         );
         id
     };

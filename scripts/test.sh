@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Runs the whole uplosi test suite on a fresh Debian/Ubuntu machine.
 #
-# It installs the tools the tests drive (qemu-img checks every image we write; sfdisk, mkfs.ext4, mkfs.vfat and
-# mtools build the GPT fixture image; pigz is a benchmark peer; moto is the AWS emulator the tests start on
-# 127.0.0.1), then runs `cargo test`.
+# It installs the tools the tests drive (qemu-img checks every image we write and qemu-io makes qcow2 zero
+# clusters; sfdisk, mkfs.ext4, mkfs.vfat and mtools build the GPT fixture image; pigz is a benchmark peer; moto is
+# the AWS emulator the tests start on 127.0.0.1), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 
 missing=()
-for pair in qemu-img:qemu-utils sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools pigz:pigz; do
+for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools pigz:pigz; do
     tool="${pair%%:*}" package="${pair##*:}"
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || missing+=("$package")
 done

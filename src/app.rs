@@ -57,7 +57,7 @@ impl AppError {
             AppError::Convert(e) if e.is_interrupted() => 130,
             AppError::Convert(e) if e.is_usage() => 2,
             AppError::Provider(e) if e.is_interrupted() => 130,
-            AppError::Provider(ProviderError::Unavailable { .. }) => 2,
+            AppError::Provider(e) if e.is_usage() => 2,
             _ => 1,
         }
     }
@@ -178,6 +178,7 @@ fn convert(args: &ConvertArgs) -> Result<(), AppError> {
         threads: cores,
         // Writes to one file serialise on the inode lock; more threads than cores only spin (measured).
         io_threads: cores.clamp(2, 4),
+        mode: 0o644,
     };
     let report = convert::convert(&args.image, &args.output, &options, &Cancel::on_signals())?;
     let mib = |b: u64| b as f64 / (1 << 20) as f64;

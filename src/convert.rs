@@ -27,6 +27,8 @@ pub struct ConvertOptions {
     pub threads: usize,
     /// Copy threads for the other formats.
     pub io_threads: usize,
+    /// Permission bits of the finished file.
+    pub mode: u32,
 }
 
 /// What a conversion did.
@@ -116,7 +118,9 @@ impl ConvertError {
     }
 }
 
-fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), ConvertError> {
+/// Checks that `output` can be written for `input`: not a directory, not the input itself, and only replaced with
+/// `force`.
+pub fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), ConvertError> {
     match std::fs::metadata(output) {
         Ok(meta) if meta.is_dir() => Err(ConvertError::OutputIsDirectory { path: output.to_path_buf() }),
         Ok(_) => {
@@ -146,6 +150,20 @@ pub fn convert(
     let started = Instant::now();
     check_output(input, output, options.force)?;
     let image = SourceImage::open(input)?;
+    convert_image(&image, output, options, cancel, started)
+}
+
+/// Converts the open `image` to `output`: the one write path of `uplosi convert` and the `file` provider. The
+/// output appears under its name only when complete; on any error or interruption the temporary file is removed.
+pub fn convert_image(
+    image: &SourceImage,
+    output: &Path,
+    options: &ConvertOptions,
+    cancel: &Cancel,
+    started: Instant,
+) -> Result<ConvertReport, ConvertError> {
+    let input = image.path.as_path();
+    check_output(input, output, options.force)?;
     // qcow2 and tar.gz lay out their metadata before the data, so they need the exact map first. Raw and VHD put
     // the data at the same offsets as the source: they copy the allocated ranges and drop zero blocks as they go,
     // reading the data once instead of twice.
@@ -191,7 +209,7 @@ pub fn convert(
                 let progress = Progress::bytes(tar.len(), "tar.gz");
                 let out = BufWriter::with_capacity(1 << 20, file);
                 let stats = format::gzip::compress(
-                    tar.reader(&image.file),
+                    tar.reader(&*image.data),
                     out,
                     options.level,
                     options.threads,
@@ -210,7 +228,7 @@ pub fn convert(
                 let progress = Progress::bytes(layout.payload_bytes(), other.name());
                 format::write::layout_to_file(
                     &layout,
-                    &image.file,
+                    &*image.data,
                     file,
                     options.io_threads,
                     &|n| progress.inc(n),
@@ -224,7 +242,7 @@ pub fn convert(
     write().map_err(format_err)?;
 
     use std::os::unix::fs::PermissionsExt;
-    let _ = temp.as_file().set_permissions(std::fs::Permissions::from_mode(0o644));
+    let _ = temp.as_file().set_permissions(std::fs::Permissions::from_mode(options.mode));
     let output_size = temp.as_file().metadata().map(|m| m.len()).unwrap_or(0);
     let persisted = if options.force { temp.persist(output) } else { temp.persist_noclobber(output) };
     persisted.map_err(|e| ConvertError::Persist { path: output.to_path_buf(), source: e.error })?;

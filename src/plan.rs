@@ -139,6 +139,20 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
             s.push("upload the image data to Glance".to_string());
             s.push("print the Glance image ID".to_string());
         }
+        Provider::File => {
+            let f = &cfg.file;
+            let path = f.path.as_deref().map(|p| p.display().to_string()).unwrap_or_default();
+            s.push(format!(
+                "convert {image} to {} at {path} (mode {}, written under a temporary name and renamed when complete)",
+                f.format, f.mode
+            ));
+            s.push(if f.replace {
+                "replace the file if it exists (replace = true)".to_string()
+            } else {
+                "refuse to run if the file exists (replace = false)".to_string()
+            });
+            s.push("print the absolute path".to_string());
+        }
     }
     s
 }
@@ -161,6 +175,7 @@ pub fn render_text(plan: &Plan<'_>) -> String {
             Provider::Azure => serde_json::to_value(&c.azure),
             Provider::Gcp => serde_json::to_value(&c.gcp),
             Provider::OpenStack => serde_json::to_value(&c.openstack),
+            Provider::File => serde_json::to_value(&c.file),
         };
         if let Ok(serde_json::Value::Object(map)) = section {
             for (key, value) in map {

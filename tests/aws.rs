@@ -3,13 +3,12 @@
 
 mod support;
 
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use support::fixtures;
 use support::moto::{self, ACCOUNT};
 
-const BLOCK: u64 = 512 * 1024;
+use moto::{BLOCK, assert_snapshot_equals_image, snapshot_blocks};
 
 fn config(extra_aws: &str) -> String {
     format!(
@@ -49,23 +48,9 @@ impl Run {
         assert_cmd::Command::from_std(self.process(endpoint))
     }
 
-    /// `uplosi` in the workspace, with static test credentials, the endpoint override, and nothing from the
-    /// environment that could point the SDK elsewhere.
+    /// `uplosi` in the workspace, pointed at `endpoint` (see [`moto::uplosi_command`]).
     fn process(&self, endpoint: &str) -> std::process::Command {
-        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
-        cmd.current_dir(self.ws.path())
-            .env("AWS_ENDPOINT_URL", endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("AWS_CONFIG_FILE", "/nonexistent")
-            .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
-            .env_remove("RUST_LOG")
-            .env_remove("AWS_PROFILE")
-            .env_remove("AWS_SESSION_TOKEN")
-            .env_remove("AWS_REGION")
-            .env_remove("AWS_DEFAULT_REGION");
-        cmd
+        moto::uplosi_command(self.ws.path(), endpoint)
     }
 }
 
@@ -85,44 +70,6 @@ fn s3_client(conf: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// The blocks moto holds for `snapshot`: volume size in GiB and {index: sha256 hex}.
-fn snapshot_blocks(endpoint: &str, snapshot: &str) -> (u64, std::collections::BTreeMap<u64, String>) {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ebs_blocks.py");
-    let out = fixtures::run(std::process::Command::new("python3").args([script, endpoint, "us-east-1", snapshot]));
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let blocks = json["blocks"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().to_string()))
-        .collect();
-    (json["volume_size"].as_u64().unwrap(), blocks)
-}
-
-/// Checks the snapshot equals the image, block by block: every block moto holds matches the image and has data,
-/// and every block it does not hold is zeros in the image. Returns the number of blocks stored.
-fn assert_snapshot_equals_image(endpoint: &str, snapshot: &str, image: &Path) -> usize {
-    use sha2::Digest;
-    let (_, stored) = snapshot_blocks(endpoint, snapshot);
-    let file = std::fs::File::open(image).unwrap();
-    let size = file.metadata().unwrap().len();
-    let mut expected = vec![0u8; BLOCK as usize];
-    for index in 0..size.div_ceil(BLOCK) {
-        expected.fill(0);
-        let len = BLOCK.min(size - index * BLOCK) as usize;
-        file.read_exact_at(&mut expected[..len], index * BLOCK).unwrap();
-        match stored.get(&index) {
-            Some(hash) => {
-                assert!(expected.iter().any(|b| *b != 0), "block {index} is all zeros but was sent");
-                let ours: String = sha2::Sha256::digest(&expected).iter().map(|b| format!("{b:02x}")).collect();
-                assert_eq!(hash, &ours, "block {index} differs from the image");
-            }
-            None => assert!(expected.iter().all(|b| *b == 0), "block {index} has data but was not uploaded"),
-        }
-    }
-    stored.len()
 }
 
 /// Snapshots uploaded by uplosi: StartSnapshot sets the description to snapshotName. (moto's RegisterImage makes a

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use assert_cmd::Command as Cmd;
-use support::fixtures::{self, Fixture, run};
+use support::fixtures::{self, Fixture, qemu_compare, run};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -26,23 +26,6 @@ fn convert(image: &Path, format: &str, out: &Path) {
 fn qemu_json(args: &[&str], path: &Path) -> serde_json::Value {
     let out = run(Command::new("qemu-img").args(args).args(["--output", "json"]).arg(path));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn qemu_compare(raw: &Path, other_format: &str, other: &Path) {
-    let out = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", other_format])
-        .arg(raw)
-        .arg(other)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "qemu-img compare {} {}: {}{}",
-        raw.display(),
-        other.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn size(path: &Path) -> u64 {
@@ -201,10 +184,10 @@ fn convert_rejects_bad_inputs_clearly() {
     let err = convert_error(dir.path(), &out, 2);
     assert!(err.contains("is a directory"), "{err}");
 
-    let qcow = dir.path().join("in.qcow2");
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&qcow).arg("16M"));
-    let err = convert_error(&qcow, &out, 2);
-    assert!(err.contains("is a qcow2 image") && err.contains("qemu-img convert -O raw"), "{err}");
+    let vmdk = dir.path().join("in.vmdk");
+    run(Command::new("qemu-img").args(["create", "-q", "-f", "vmdk"]).arg(&vmdk).arg("16M"));
+    let err = convert_error(&vmdk, &out, 2);
+    assert!(err.contains("is a VMDK image") && err.contains("qemu-img convert -O raw"), "{err}");
 
     let gz = dir.path().join("in.raw.gz");
     std::fs::write(&gz, [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3]).unwrap();

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use load::{Origin, Problem, Setting, Settings, Value};
-pub use model::{AwsConfig, AzureConfig, GcpConfig, OpenStackConfig, Provider, VariantConfig};
+pub use model::{AwsConfig, AzureConfig, FileConfig, GcpConfig, OpenStackConfig, Provider, VariantConfig};
 
 /// Everything that can go wrong between reading uplosi.conf and having validated variants.
 #[derive(Debug, Error)]

@@ -24,6 +24,8 @@ pub enum Provider {
     /// OpenStack.
     #[serde(rename = "openstack")]
     OpenStack,
+    /// A local file (libvirt export).
+    File,
 }
 
 impl Provider {
@@ -34,6 +36,7 @@ impl Provider {
             "azure" => Provider::Azure,
             "gcp" => Provider::Gcp,
             "openstack" => Provider::OpenStack,
+            "file" => Provider::File,
             _ => return None,
         })
     }
@@ -45,6 +48,7 @@ impl Provider {
             Provider::Azure => "azure",
             Provider::Gcp => "gcp",
             Provider::OpenStack => "openstack",
+            Provider::File => "file",
         }
     }
 }
@@ -144,6 +148,27 @@ pub struct OpenStackConfig {
     pub properties: BTreeMap<String, String>,
 }
 
+/// `[….file]`, rendered.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct FileConfig {
+    /// Rendered and resolved against the config directory, made absolute (it is the variant's reference).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    pub format: String,
+    pub replace: bool,
+    pub mode: String,
+}
+
+impl FileConfig {
+    /// `mode` as permission bits, if it is a valid octal mode.
+    pub fn mode_bits(&self) -> Option<u32> {
+        let digits = self.mode.strip_prefix("0o").unwrap_or(&self.mode);
+        u32::from_str_radix(digits, 8).ok().filter(|m| !digits.is_empty() && *m <= 0o7777)
+    }
+}
+
 /// One variant, ready to upload.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,6 +192,8 @@ pub struct VariantConfig {
     pub gcp: GcpConfig,
     /// OpenStack settings.
     pub openstack: OpenStackConfig,
+    /// Local file settings.
+    pub file: FileConfig,
     /// Where each explicitly written key came from, for error messages.
     #[serde(skip)]
     pub origins: BTreeMap<(Section, &'static str), Origin>,
@@ -286,7 +313,7 @@ pub fn resolve(
             problems.push(Problem {
                 origin: declared_at.cloned(),
                 message: format!(
-                    "{} has no provider: set `provider` to \"aws\", \"azure\", \"gcp\" or \"openstack\" in {table} or [base]",
+                    "{} has no provider: set `provider` to \"aws\", \"azure\", \"gcp\", \"openstack\" or \"file\" in {table} or [base]",
                     variant.map(|v| format!("variant `{v}`")).unwrap_or_else(|| "[base]".into())
                 ),
             });
@@ -295,13 +322,13 @@ pub fn resolve(
         Some(p) => match Provider::parse(&p) {
             Some(p) => Some(p),
             None => {
-                let hint = super::schema::suggest(&p, ["aws", "azure", "gcp", "openstack"])
+                let hint = super::schema::suggest(&p, ["aws", "azure", "gcp", "openstack", "file"])
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
                     .unwrap_or_default();
                 problems.push(Problem {
                     origin: at("provider"),
                     message: format!(
-                        "unknown provider \"{p}\"{hint}: use \"aws\", \"azure\", \"gcp\" or \"openstack\""
+                        "unknown provider \"{p}\"{hint}: use \"aws\", \"azure\", \"gcp\", \"openstack\" or \"file\""
                     ),
                 });
                 None
@@ -411,6 +438,15 @@ pub fn resolve(
         protected: r.bool(OpenStack, "protected"),
         properties: r.map(OpenStack, "properties"),
     };
+    let file = FileConfig {
+        path: r.opt_string(File, "path").filter(|p| !p.is_empty()).map(|p| {
+            let joined = dir.join(p);
+            std::path::absolute(&joined).unwrap_or(joined)
+        }),
+        format: r.string(File, "format"),
+        replace: r.bool(File, "replace"),
+        mode: r.string(File, "mode"),
+    };
     problems.append(&mut r.problems);
 
     match (provider, image_version) {
@@ -426,6 +462,7 @@ pub fn resolve(
                 azure,
                 gcp,
                 openstack,
+                file,
                 origins: settings.iter().map(|(k, s)| (*k, s.origin.clone())).collect(),
             },
             problems,

@@ -69,11 +69,13 @@ pub enum Section {
     Gcp,
     /// `[….openstack]`
     OpenStack,
+    /// `[….file]`
+    File,
 }
 
 impl Section {
     /// The provider sections, in the order they appear in output.
-    pub const PROVIDERS: [Section; 4] = [Section::Aws, Section::Azure, Section::Gcp, Section::OpenStack];
+    pub const PROVIDERS: [Section; 5] = [Section::Aws, Section::Azure, Section::Gcp, Section::OpenStack, Section::File];
 
     /// The sub-table name (`aws`, …), empty for [`Section::Common`].
     pub fn table_name(self) -> &'static str {
@@ -83,6 +85,7 @@ impl Section {
             Section::Azure => "azure",
             Section::Gcp => "gcp",
             Section::OpenStack => "openstack",
+            Section::File => "file",
         }
     }
 
@@ -99,6 +102,7 @@ impl Section {
             Section::Azure => AZURE_KEYS,
             Section::Gcp => GCP_KEYS,
             Section::OpenStack => OPENSTACK_KEYS,
+            Section::File => FILE_KEYS,
         }
     }
 
@@ -182,6 +186,14 @@ pub const OPENSTACK_KEYS: &[KeySpec] = &[
     with_default("properties", Kind::StringMap, "{}"),
 ];
 
+/// Keys of `[….file]`: a local export (e.g. into a libvirt directory pool).
+pub const FILE_KEYS: &[KeySpec] = &[
+    tmpl("path", None),
+    with_default("format", Kind::String, "\"qcow2\""),
+    with_default("replace", Kind::Bool, "false"),
+    with_default("mode", Kind::String, "\"0644\""),
+];
+
 /// The closest known name to `unknown`, if one is close enough to be a likely typo.
 pub fn suggest<'a>(unknown: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lower = unknown.to_ascii_lowercase();
@@ -216,7 +228,8 @@ mod tests {
 
     #[test]
     fn every_default_is_valid_toml_of_its_kind() {
-        for section in [Section::Common, Section::Aws, Section::Azure, Section::Gcp, Section::OpenStack] {
+        for section in [Section::Common, Section::Aws, Section::Azure, Section::Gcp, Section::OpenStack, Section::File]
+        {
             for spec in section.keys() {
                 if let Some(default) = spec.default {
                     let doc = format!("v = {default}");

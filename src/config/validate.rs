@@ -13,6 +13,7 @@ pub fn validate(cfg: &VariantConfig) -> Vec<Problem> {
         Provider::Azure => v.azure(),
         Provider::Gcp => v.gcp(),
         Provider::OpenStack => v.openstack(),
+        Provider::File => v.file(),
     }
     v.problems
 }
@@ -362,6 +363,26 @@ impl Checker<'_> {
             if !(0..=i64::from(i32::MAX)).contains(&value) {
                 self.fail(OpenStack, key, format!("{key} must be between 0 and {}, is {value}", i32::MAX));
             }
+        }
+    }
+}
+
+impl Checker<'_> {
+    fn file(&mut self) {
+        let f = &self.cfg.file;
+        use Section::File;
+        self.required(File, "path", f.path.as_ref().map(|p| p.to_str().unwrap_or("?")));
+        if let Some(path) = &f.path
+            && (path.as_os_str().to_string_lossy().ends_with('/') || path.file_name().is_none())
+        {
+            self.fail(File, "path", format!("path \"{}\" names a directory; give a file name", path.display()));
+        }
+        const FORMATS: [&str; 4] = ["qcow2", "vhd", "tar.gz", "raw"];
+        if !FORMATS.contains(&f.format.as_str()) {
+            self.fail(File, "format", format!("format \"{}\" must be one of {}", f.format, FORMATS.join(", ")));
+        }
+        if f.mode_bits().is_none() {
+            self.fail(File, "mode", format!("mode \"{}\" must be an octal file mode such as \"0644\"", f.mode));
         }
     }
 }

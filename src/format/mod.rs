@@ -12,12 +12,12 @@ pub mod targz;
 pub mod vhd;
 pub mod write;
 
-use std::fs::File;
 use std::io::Read;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use thiserror::Error;
+
+use crate::image::ReadAt;
 
 /// The formats uplosi writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -34,6 +34,13 @@ pub enum TargetFormat {
 }
 
 impl TargetFormat {
+    /// Parses a name as used on the command line and in uplosi.conf.
+    pub fn parse(name: &str) -> Option<Self> {
+        [TargetFormat::Vhd, TargetFormat::Qcow2, TargetFormat::TarGz, TargetFormat::Raw]
+            .into_iter()
+            .find(|f| f.name() == name)
+    }
+
     /// The name used on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -186,21 +193,21 @@ impl Layout {
     }
 
     /// Reads the layout as a byte stream, taking source bytes from `source`.
-    pub fn reader<'a>(&'a self, source: &'a File) -> LayoutReader<'a> {
+    pub fn reader<'a, R: ReadAt + ?Sized>(&'a self, source: &'a R) -> LayoutReader<'a, R> {
         LayoutReader { layout: self, source, index: 0, within: 0 }
     }
 }
 
 /// A [`Read`] over a [`Layout`].
 #[derive(Debug)]
-pub struct LayoutReader<'a> {
+pub struct LayoutReader<'a, R: ?Sized> {
     layout: &'a Layout,
-    source: &'a File,
+    source: &'a R,
     index: usize,
     within: u64,
 }
 
-impl Read for LayoutReader<'_> {
+impl<R: ReadAt + ?Sized> Read for LayoutReader<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         loop {
             let Some(piece) = self.layout.pieces.get(self.index) else { return Ok(0) };
@@ -247,6 +254,7 @@ mod tests {
 
     #[test]
     fn pieces_merge_and_reader_yields_them_in_order() -> TestResult {
+        use std::os::unix::fs::FileExt;
         let src = tempfile::tempfile()?;
         src.write_all_at(b"0123456789", 0)?;
         let mut layout = Layout::new();

@@ -9,6 +9,8 @@ use std::os::fd::AsRawFd;
 
 use thiserror::Error;
 
+use super::ReadAt;
+
 /// Granularity of zero detection: 4 KiB, the page and filesystem block size (and qemu-img's default `-S`).
 pub const ZERO_BLOCK: u64 = 4096;
 
@@ -113,10 +115,22 @@ impl ExtentMap {
         threads: usize,
         cancel: &(dyn Fn() -> bool + Sync),
     ) -> Result<Self, ScanError> {
+        Self::scan_ranges(file, &Self::allocated(file, size)?, block, threads, cancel)
+    }
+
+    /// Like [`ExtentMap::scan`], over the ranges of `allocated` (the only ones that can hold data) of any source.
+    pub fn scan_ranges<R: ReadAt + ?Sized>(
+        file: &R,
+        allocated: &ExtentMap,
+        block: u64,
+        threads: usize,
+        cancel: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Self, ScanError> {
+        let size = allocated.size;
         // Split the allocated ranges into block-aligned chunks that threads take in turn.
         let chunk_len = (SCAN_CHUNK as u64).max(block) / block * block;
         let mut chunks = Vec::new();
-        for range in allocated_ranges(file, size)? {
+        for range in allocated.extents.iter().copied() {
             let mut pos = range.start / block * block;
             let end = range.end().div_ceil(block).saturating_mul(block).min(size);
             while pos < end {
@@ -187,7 +201,7 @@ impl ExtentMap {
     }
 }
 
-fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), ScanError> {
+fn read_exact_at<R: ReadAt + ?Sized>(file: &R, buf: &mut [u8], offset: u64) -> Result<(), ScanError> {
     super::read_zero_padded_at(file, buf, offset).map_err(|source| ScanError::Io { offset, source })
 }
 
@@ -222,7 +236,7 @@ fn allocated_ranges(file: &File, size: u64) -> Result<Vec<Extent>, ScanError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     use super::*;
@@ -233,8 +247,8 @@ mod tests {
         false
     }
 
-    /// Writes `(offset, len, byte)` runs into a sparse temp file of `size` bytes.
-    fn sparse_file(size: u64, writes: &[(u64, usize, u8)]) -> File {
+    /// Writes `(offset, len, byte)` runs into a sparse temp file of `size` bytes; shared with the qcow2 tests.
+    pub(crate) fn sparse_file(size: u64, writes: &[(u64, usize, u8)]) -> File {
         let f = tempfile::tempfile().unwrap();
         f.set_len(size).unwrap();
         for &(off, len, byte) in writes {

@@ -1,21 +1,62 @@
 //! The source image: opening it, recognising what it is, and mapping where its data lives.
+//!
+//! A source is a raw disk image or a qcow2 image ([`qcow2`]). Everything downstream sees only guest bytes through
+//! [`ReadAt`] and the [`ExtentMap`] of where they are, so every writer and uploader works unchanged on both.
 
 pub mod detect;
 pub mod extents;
+pub mod qcow2;
 
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
 pub use detect::DetectedFormat;
 pub use extents::{Extent, ExtentMap};
+pub use qcow2::{Qcow2Error, Qcow2Image};
 
-/// Reads into `buf` at `offset` until it is full or the file ends; returns how many bytes were read.
-pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-    use std::os::unix::fs::FileExt;
+/// Positioned reads of guest bytes, shareable between threads.
+pub trait ReadAt: Send + Sync {
+    /// Reads up to `buf.len()` bytes at `offset`; returns how many, 0 at the end. May return fewer than asked.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize>;
+}
+
+impl ReadAt for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        std::os::unix::fs::FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl ReadAt for Qcow2Image {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        Qcow2Image::read_at(self, buf, offset)
+    }
+}
+
+/// The guest bytes of a source image, whatever its format.
+#[derive(Debug)]
+pub enum ImageData {
+    /// A raw image: guest bytes are file bytes.
+    Raw(File),
+    /// A qcow2 image, read through its cluster mapping.
+    Qcow2(Qcow2Image),
+}
+
+impl ReadAt for ImageData {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
+        match self {
+            ImageData::Raw(file) => ReadAt::read_at(file, buf, offset),
+            ImageData::Qcow2(image) => image.read_at(buf, offset),
+        }
+    }
+}
+
+/// Reads into `buf` at `offset` until it is full or the source ends; returns how many bytes were read.
+pub fn read_full_at<R: ReadAt + ?Sized>(file: &R, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
     let mut filled = 0;
     while filled < buf.len() {
         match file.read_at(&mut buf[filled..], offset + filled as u64) {
@@ -30,7 +71,7 @@ pub fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result
 
 /// Fills `buf` from `offset`; bytes past the end of the file read as zeros, like a hole (the image may be shorter
 /// than expected if it shrank while uplosi runs).
-pub fn read_zero_padded_at(file: &File, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
+pub fn read_zero_padded_at<R: ReadAt + ?Sized>(file: &R, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
     let filled = read_full_at(file, buf, offset)?;
     buf[filled..].fill(0);
     Ok(())
@@ -55,8 +96,8 @@ pub enum ImageError {
         /// What it is instead.
         kind: &'static str,
     },
-    /// The file is an image format other than raw.
-    #[error("image {} is {format}, but uplosi needs a raw disk image; {hint}", path.display())]
+    /// The file is an image format other than raw or qcow2.
+    #[error("image {} is {format}, but uplosi needs a raw or qcow2 disk image; {hint}", path.display())]
     NotRaw {
         /// The image path.
         path: PathBuf,
@@ -64,6 +105,14 @@ pub enum ImageError {
         format: DetectedFormat,
         /// What to do.
         hint: String,
+    },
+    /// The file is a qcow2 image uplosi cannot read.
+    #[error("qcow2 image {}: {}", path.display(), source.to_string().replace("IMAGE", &path.display().to_string()))]
+    Qcow2 {
+        /// The image path.
+        path: PathBuf,
+        /// What is wrong.
+        source: Qcow2Error,
     },
     /// The file is empty.
     #[error("image {} is empty", path.display())]
@@ -86,19 +135,20 @@ pub enum ImageError {
     Interrupted,
 }
 
-/// An opened raw disk image.
-#[derive(Debug)]
+/// An opened source image. Cloning it is cheap and shares the open file, so parallel variants and threads read
+/// the same image.
+#[derive(Clone, Debug)]
 pub struct SourceImage {
-    /// The open file, read with positioned reads so it can be shared between threads.
-    pub file: File,
+    /// The guest bytes, read with positioned reads so they can be shared between threads.
+    pub data: Arc<ImageData>,
     /// The path, for messages.
     pub path: PathBuf,
-    /// Its size in bytes.
+    /// The guest (virtual) size in bytes: the disk size for every format.
     pub size: u64,
 }
 
 impl SourceImage {
-    /// Opens `path`, checks that it is a regular file or block device holding a raw image.
+    /// Opens `path`, checks that it is a regular file or block device holding a raw or qcow2 image.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
         let open_err = |source| ImageError::Open { path: path.to_path_buf(), source };
         let meta = std::fs::metadata(path).map_err(open_err)?;
@@ -118,10 +168,27 @@ impl SourceImage {
             offset: 0,
             source,
         })?;
-        if format != DetectedFormat::Raw {
-            return Err(ImageError::NotRaw { path: path.to_path_buf(), hint: format.hint(), format });
+        match format {
+            DetectedFormat::Raw => Ok(Self { data: Arc::new(ImageData::Raw(file)), path: path.to_path_buf(), size }),
+            DetectedFormat::Qcow2 => {
+                let image =
+                    Qcow2Image::open(file).map_err(|source| ImageError::Qcow2 { path: path.to_path_buf(), source })?;
+                let size = image.virtual_size();
+                if size == 0 {
+                    return Err(ImageError::Empty { path: path.to_path_buf() });
+                }
+                Ok(Self { data: Arc::new(ImageData::Qcow2(image)), path: path.to_path_buf(), size })
+            }
+            other => Err(ImageError::NotRaw { path: path.to_path_buf(), hint: other.hint(), format: other }),
         }
-        Ok(Self { file, path: path.to_path_buf(), size })
+    }
+
+    /// The image's format: `raw` or `qcow2`.
+    pub fn format_name(&self) -> &'static str {
+        match *self.data {
+            ImageData::Raw(_) => "raw",
+            ImageData::Qcow2(_) => "qcow2",
+        }
     }
 
     /// Maps where the image's non-zero data is at `block` granularity, reading on `threads` threads (see
@@ -132,12 +199,22 @@ impl SourceImage {
         threads: usize,
         cancel: &(dyn Fn() -> bool + Sync),
     ) -> Result<ExtentMap, ImageError> {
-        ExtentMap::scan(&self.file, self.size, block, threads, cancel).map_err(|e| self.scan_error(e))
+        let result = match &*self.data {
+            ImageData::Raw(file) => ExtentMap::scan(file, self.size, block, threads, cancel),
+            // The clusters the L2 tables map are the allocated ranges; zero blocks inside them are found by reading
+            // through the mapping, so unallocated and zero clusters are never read.
+            ImageData::Qcow2(image) => ExtentMap::scan_ranges(image, &image.allocated(), block, threads, cancel),
+        };
+        result.map_err(|e| self.scan_error(e))
     }
 
-    /// Maps the allocated ranges only, reading nothing (see [`ExtentMap::allocated`]).
+    /// Maps the allocated ranges only, reading nothing (see [`ExtentMap::allocated`]); for qcow2, the clusters
+    /// its L2 tables map.
     pub fn allocated(&self) -> Result<ExtentMap, ImageError> {
-        ExtentMap::allocated(&self.file, self.size).map_err(|e| self.scan_error(e))
+        match &*self.data {
+            ImageData::Raw(file) => ExtentMap::allocated(file, self.size).map_err(|e| self.scan_error(e)),
+            ImageData::Qcow2(image) => Ok(image.allocated()),
+        }
     }
 
     fn scan_error(&self, e: extents::ScanError) -> ImageError {

@@ -2,6 +2,7 @@
 //! itself. No provider knows about another; this module only dispatches.
 
 pub mod aws;
+pub mod file;
 
 use thiserror::Error;
 
@@ -24,6 +25,9 @@ pub enum ProviderError {
     /// AWS failed.
     #[error(transparent)]
     Aws(#[from] aws::AwsError),
+    /// The local file export failed.
+    #[error(transparent)]
+    File(#[from] file::FileError),
     /// This build cannot upload to the provider.
     #[error(
         "uploading to {provider} is not available in this version of uplosi ({variant}); nothing was uploaded. \
@@ -40,13 +44,26 @@ pub enum ProviderError {
 impl ProviderError {
     /// Whether the run was interrupted by a signal.
     pub fn is_interrupted(&self) -> bool {
-        matches!(self, ProviderError::Aws(aws::AwsError::Interrupted))
+        match self {
+            ProviderError::Aws(e) => matches!(e, aws::AwsError::Interrupted),
+            ProviderError::File(e) => e.is_interrupted(),
+            ProviderError::Unavailable { .. } => false,
+        }
+    }
+
+    /// Whether the problem was found before any work and is the user's to fix (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            ProviderError::File(e) => e.is_usage(),
+            ProviderError::Unavailable { .. } => true,
+            ProviderError::Aws(_) => false,
+        }
     }
 }
 
 /// Fails before any work if a provider of `variants` cannot be uploaded to by this build.
 pub fn check_supported(variants: &[VariantConfig]) -> Result<(), ProviderError> {
-    match variants.iter().find(|v| v.provider != Provider::Aws) {
+    match variants.iter().find(|v| !matches!(v.provider, Provider::Aws | Provider::File)) {
         Some(v) => Err(ProviderError::Unavailable { provider: v.provider.as_str(), variant: v.label() }),
         None => Ok(()),
     }
@@ -56,6 +73,7 @@ pub fn check_supported(variants: &[VariantConfig]) -> Result<(), ProviderError> 
 pub async fn preflight(cfg: &VariantConfig) -> Result<(), ProviderError> {
     match cfg.provider {
         Provider::Aws => Ok(aws::preflight(cfg).await?),
+        Provider::File => Ok(file::preflight(cfg)?),
         other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
     }
 }
@@ -68,6 +86,7 @@ pub async fn upload(
 ) -> Result<Vec<String>, ProviderError> {
     match cfg.provider {
         Provider::Aws => Ok(aws::upload(cfg, image, options).await?),
+        Provider::File => Ok(file::upload(cfg, image, options).await?),
         other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
     }
 }

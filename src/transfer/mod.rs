@@ -4,7 +4,6 @@
 //! Providers classify their own errors into [`Verdict::Retry`] (throttling, 5xx, timeouts, connection resets) and
 //! [`Verdict::Fail`] (access denied, validation); everything else about retrying, limiting and waiting lives here.
 
-use std::fs::File;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::cancel::Cancel;
+use crate::image::ReadAt;
 
 /// Whether an error is worth another attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -145,10 +145,10 @@ where
 }
 
 /// Reads `len` bytes at `offset` on the blocking pool (past the end reads as zeros).
-pub async fn read_at(file: Arc<File>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+pub async fn read_at<R: ReadAt + ?Sized + 'static>(file: Arc<R>, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     tokio::task::spawn_blocking(move || {
         let mut buf = vec![0u8; len];
-        crate::image::read_zero_padded_at(&file, &mut buf, offset).map(|()| buf)
+        crate::image::read_zero_padded_at(&*file, &mut buf, offset).map(|()| buf)
     })
     .await
     .map_err(std::io::Error::other)?

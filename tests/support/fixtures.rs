@@ -54,6 +54,24 @@ pub fn run(cmd: &mut Command) -> std::process::Output {
     out
 }
 
+/// `qemu-img compare` of the raw image `raw` against `other` in `other_format`, failing with qemu's own message.
+pub fn qemu_compare(raw: &Path, other_format: &str, other: &Path) {
+    let out = Command::new("qemu-img")
+        .args(["compare", "-f", "raw", "-F", other_format])
+        .arg(raw)
+        .arg(other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qemu-img compare {} {}: {}{}",
+        raw.display(),
+        other.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn sbin(tool: &str) -> Command {
     for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
         let p = Path::new(dir).join(tool);

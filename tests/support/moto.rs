@@ -4,8 +4,13 @@
 //! RegisterImage ignores the block device mapping, so an AMI's snapshot is checked through the snapshot we made.
 
 use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// EBS snapshot block size.
+pub const BLOCK: u64 = 512 * 1024;
 
 /// The account moto reports for any credentials.
 pub const ACCOUNT: &str = "123456789012";
@@ -99,4 +104,62 @@ pub async fn sdk_config(url: &str, region: &str) -> aws_config::SdkConfig {
         .credentials_provider(aws_sdk_sts::config::Credentials::new("testing", "testing", None, None, "tests"))
         .load()
         .await
+}
+
+/// `uplosi` in `dir` with static test credentials, the endpoint override `AWS_ENDPOINT_URL`, and nothing from the
+/// environment that could point the SDK elsewhere (no profile, no metadata server).
+pub fn uplosi_command(dir: &Path, endpoint: &str) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+    cmd.current_dir(dir)
+        .env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/nonexistent")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .env_remove("RUST_LOG")
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION");
+    cmd
+}
+
+/// The blocks moto holds for `snapshot`: volume size in GiB and {index: sha256 hex}.
+pub fn snapshot_blocks(endpoint: &str, snapshot: &str) -> (u64, std::collections::BTreeMap<u64, String>) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/ebs_blocks.py");
+    let out =
+        super::fixtures::run(std::process::Command::new("python3").args([script, endpoint, "us-east-1", snapshot]));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let blocks = json["blocks"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.parse().unwrap(), v.as_str().unwrap().to_string()))
+        .collect();
+    (json["volume_size"].as_u64().unwrap(), blocks)
+}
+
+/// Checks the snapshot equals the image, block by block: every block moto holds matches the image and has data,
+/// and every block it does not hold is zeros in the image. Returns the number of blocks stored.
+pub fn assert_snapshot_equals_image(endpoint: &str, snapshot: &str, image: &Path) -> usize {
+    use sha2::Digest;
+    let (_, stored) = snapshot_blocks(endpoint, snapshot);
+    let file = std::fs::File::open(image).unwrap();
+    let size = file.metadata().unwrap().len();
+    let mut expected = vec![0u8; BLOCK as usize];
+    for index in 0..size.div_ceil(BLOCK) {
+        expected.fill(0);
+        let len = BLOCK.min(size - index * BLOCK) as usize;
+        file.read_exact_at(&mut expected[..len], index * BLOCK).unwrap();
+        match stored.get(&index) {
+            Some(hash) => {
+                assert!(expected.iter().any(|b| *b != 0), "block {index} is all zeros but was sent");
+                let ours: String = sha2::Sha256::digest(&expected).iter().map(|b| format!("{b:02x}")).collect();
+                assert_eq!(hash, &ours, "block {index} differs from the image");
+            }
+            None => assert!(expected.iter().all(|b| *b == 0), "block {index} has data but was not uploaded"),
+        }
+    }
+    stored.len()
 }

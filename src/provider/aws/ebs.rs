@@ -127,7 +127,7 @@ async fn put_blocks(
         .flat_map(|e| (e.start / BLOCK_SIZE)..e.end().div_ceil(BLOCK_SIZE))
         .collect();
     let progress = Progress::bytes(blocks.len() as u64 * BLOCK_SIZE, "EBS");
-    let file = Arc::new(image.file.try_clone().map_err(|source| AwsError::Read { offset: 0, source })?);
+    let file = Arc::clone(&image.data);
     let sent = Arc::new(AtomicU64::new(0));
     let result = run_bounded(blocks, options.concurrency, &options.cancel, |index| {
         let ebs = clients[index as usize % clients.len()].clone();

@@ -144,7 +144,7 @@ async fn upload_parts(
     let part = part_size(image.size);
     let count = image.size.div_ceil(part);
     let progress = Progress::bytes(image.size, "S3");
-    let file = Arc::new(image.file.try_clone().map_err(|source| AwsError::Read { offset: 0, source })?);
+    let file = Arc::clone(&image.data);
     // Parts are large, so fewer of them are in flight than EBS blocks: memory stays bounded.
     let limit = (options.concurrency / 8).clamp(1, 16);
     let result = run_bounded(1..=count, limit, &options.cancel, |number| {

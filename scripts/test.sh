@@ -2,17 +2,21 @@
 # Runs the whole uplosi test suite on a fresh Debian/Ubuntu machine.
 #
 # It installs the tools the tests drive (qemu-img checks every image we write and qemu-io makes qcow2 zero
-# clusters; sfdisk, mkfs.ext4, mkfs.vfat and mtools build the GPT fixture image; pigz is a benchmark peer; moto is
-# the AWS emulator the tests start on 127.0.0.1), then runs `cargo test`.
+# clusters; sfdisk, mkfs.ext4, mkfs.vfat and mtools build the GPT fixture images; objcopy, systemd-boot-efi's stub
+# and Debian's kernel build real UKIs, systemd-measure and pefile check their PCRs; pigz is a benchmark peer; moto
+# is the AWS emulator the tests start on 127.0.0.1), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 
 missing=()
-for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools pigz:pigz; do
+for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools \
+    pigz:pigz objcopy:binutils /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
+    /usr/lib/systemd/systemd-measure:systemd dpkg-deb:dpkg; do
     tool="${pair%%:*}" package="${pair##*:}"
-    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || missing+=("$package")
+    command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || [ -e "$tool" ] \
+        || missing+=("$package")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
     sudo=""
@@ -26,6 +30,17 @@ export PATH="$PATH:/usr/sbin:/sbin"
 if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
     echo "installing: moto[server] (PyPI)" >&2
     python3 -m pip install --quiet "moto[server]>=5"
+fi
+if ! python3 -c "import pefile" >/dev/null 2>&1; then
+    echo "installing: pefile (PyPI)" >&2
+    python3 -m pip install --quiet pefile
+fi
+# The measurement tests download Debian's linux-image-amd64 kernel once (apt-get download, cached in the target
+# directory); apt needs a current package list for that.
+if [ ! -d "$CARGO_TARGET_DIR/tmp/debian-kernel" ] && [ -z "$(ls /var/lib/apt/lists/*Packages* 2>/dev/null)" ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
 fi
 
 cargo test --no-fail-fast "$@"

@@ -7,10 +7,11 @@ use std::path::PathBuf;
 use thiserror::Error;
 
 use crate::cancel::Cancel;
-use crate::cli::{Cli, Command, ConvertArgs, OutputFormat, UploadArgs};
+use crate::cli::{Cli, Command, ConvertArgs, MeasurementsArgs, OutputFormat, UploadArgs};
 use crate::config::{Config, ConfigError, VariantConfig};
 use crate::convert::{self, ConvertError, ConvertOptions};
 use crate::image::{ImageError, SourceImage};
+use crate::measure::{self, MeasureError};
 use crate::plan;
 use crate::provider::{self, ProviderError, UploadOptions};
 use crate::version::{self, ImageVersion, VersionError};
@@ -42,6 +43,17 @@ pub enum AppError {
     /// `uplosi convert` failed.
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    /// `uplosi measurements` (or `measurementsFile`) failed.
+    #[error(transparent)]
+    Measure(#[from] MeasureError),
+    /// Writing the measurements file failed.
+    #[error("cannot write the measurements to {}: {source}", path.display())]
+    WriteMeasurements {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// Writing to stdout failed.
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
@@ -58,6 +70,7 @@ impl AppError {
             AppError::Convert(e) if e.is_usage() => 2,
             AppError::Provider(e) if e.is_interrupted() => 130,
             AppError::Provider(e) if e.is_usage() => 2,
+            AppError::Measure(e) if e.is_usage() => 2,
             _ => 1,
         }
     }
@@ -68,6 +81,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
     match cli.command {
         Command::Upload(args) => upload(&args),
         Command::Convert(args) => convert(&args),
+        Command::Measurements(args) => measurements(&args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -121,6 +135,7 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
     // Every provider and every credential is checked before the first byte moves, so a run does not stop half-way
     // for a reason that was knowable up front.
     provider::check_supported(&variants)?;
+    write_configured_measurements(&variants, &args.image)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
     let options = UploadOptions { concurrency: args.concurrency as usize, cancel: Cancel::on_signals() };
     let results = runtime.block_on(async {
@@ -165,6 +180,41 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
             version::write_version_file(file, next)?;
             tracing::info!("version file {}: {current} -> {next}", file.display());
         }
+    }
+    Ok(())
+}
+
+fn measurements(args: &MeasurementsArgs) -> Result<(), AppError> {
+    let result = measure::measure(&args.image, &args.uki_path)?;
+    eprint!("{}", result.summary);
+    let json = result.simulator.to_json();
+    match &args.output_file {
+        Some(path) => {
+            write_measurements(path, &json)?;
+            eprintln!("Wrote precalculated measurements to {}", path.display());
+        }
+        None => std::io::stdout().write_all(json.as_bytes()).map_err(AppError::Stdout)?,
+    }
+    Ok(())
+}
+
+fn write_measurements(path: &std::path::Path, json: &str) -> Result<(), AppError> {
+    use std::os::unix::fs::PermissionsExt;
+    crate::atomic::write_file(path, json.as_bytes(), std::fs::Permissions::from_mode(0o644))
+        .map_err(|source| AppError::WriteMeasurements { path: path.to_path_buf(), source })
+}
+
+/// Writes each `measurementsFile` the variants name, before anything is uploaded (`[base] measurementsFile`).
+fn write_configured_measurements(variants: &[VariantConfig], image: &std::path::Path) -> Result<(), AppError> {
+    let files: std::collections::BTreeSet<&PathBuf> =
+        variants.iter().filter_map(|v| v.measurements_file.as_ref()).collect();
+    if files.is_empty() {
+        return Ok(());
+    }
+    let json = measure::measure(image, measure::DEFAULT_UKI_PATH)?.simulator.to_json();
+    for path in files {
+        write_measurements(path, &json)?;
+        eprintln!("Wrote precalculated measurements to {}", path.display());
     }
     Ok(())
 }

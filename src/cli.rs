@@ -26,6 +26,9 @@ Examples:
   # Export a qcow2 for libvirt
   uplosi convert build/system.raw --format qcow2 -o build/system.qcow2
 
+  # The TPM PCR values the image's UKI produces, for its attestation policy
+  uplosi measurements build/system.raw -o measurements.json
+
 Exit codes: 0 success, 1 failure during the work, 2 bad usage or configuration (nothing was done),
 130 interrupted (what the run created was removed).";
 
@@ -61,6 +64,13 @@ pub enum Command {
     Upload(UploadArgs),
     /// Convert IMAGE to another disk format, streaming and sparse-aware.
     Convert(ConvertArgs),
+    /// Precalculate the TPM PCR values (4, 8, 9, 11, 12, 13, 15) of booting IMAGE's unified kernel image.
+    ///
+    /// The UKI is read from the EFI system partition of IMAGE (raw or qcow2) directly: no mount, no root, no
+    /// systemd-dissect. The JSON document of the Go uplosi goes to -o FILE (written atomically) or to stdout; a
+    /// summary of the boot stages, the LOAD_FILE2 measurements and the UKI sections goes to stderr.
+    #[command(alias = "precalculate-measurements")]
+    Measurements(MeasurementsArgs),
     /// Print a shell completion script.
     ///
     /// For example: `uplosi completions bash > /etc/bash_completion.d/uplosi`.
@@ -83,7 +93,7 @@ pub enum OutputFormat {
 /// Arguments of `uplosi upload`.
 #[derive(Debug, Args)]
 pub struct UploadArgs {
-    /// The raw disk image, e.g. build/system.raw (a regular file or a block device).
+    /// The disk image, e.g. build/system.raw: raw (a regular file or a block device) or qcow2.
     pub image: PathBuf,
 
     /// After every variant succeeded, increment the version in each version file used (imageVersionFile).
@@ -122,7 +132,7 @@ pub struct UploadArgs {
 /// Arguments of `uplosi convert`.
 #[derive(Debug, Args)]
 pub struct ConvertArgs {
-    /// The raw disk image to convert.
+    /// The disk image to convert: raw or qcow2.
     pub image: PathBuf,
 
     /// The format to write.
@@ -142,7 +152,24 @@ pub struct ConvertArgs {
     pub level: u32,
 }
 
-const SUBCOMMANDS: &[&str] = &["upload", "convert", "completions", "help"];
+/// Arguments of `uplosi measurements`.
+#[derive(Debug, Args)]
+pub struct MeasurementsArgs {
+    /// The disk image (raw or qcow2) with a GPT and an EFI system partition.
+    pub image: PathBuf,
+
+    /// Write the measurements JSON here (atomically) instead of to stdout.
+    #[arg(short = 'o', long = "output-file", value_name = "FILE")]
+    pub output_file: Option<PathBuf>,
+
+    /// Path of the UKI in the image. Either as the image mounts the ESP (`/boot/…` or `/efi/…`: that first
+    /// directory is the ESP's mount point) or relative to the ESP's root (`EFI/BOOT/BOOTX64.EFI`). Looked up
+    /// case-insensitively, as FAT does.
+    #[arg(short = 'u', long = "uki-path", value_name = "UKI_PATH", default_value = crate::measure::DEFAULT_UKI_PATH)]
+    pub uki_path: String,
+}
+
+const SUBCOMMANDS: &[&str] = &["upload", "convert", "measurements", "precalculate-measurements", "completions", "help"];
 const ROOT_FLAGS: &[&str] = &["-h", "--help", "-V", "--version"];
 
 /// Rewrites the legacy form `uplosi [-i] IMAGE` to `uplosi upload [-i] IMAGE`.

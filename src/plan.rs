@@ -37,6 +37,9 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
     let image = image.display();
     let version = cfg.image_version;
     let mut s = Vec::new();
+    if let Some(file) = &cfg.measurements_file {
+        s.push(format!("write the TPM PCR measurements of {image}'s UKI to {}", file.display()));
+    }
     match cfg.provider {
         Provider::Aws => {
             let a = &cfg.aws;

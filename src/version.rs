@@ -1,7 +1,6 @@
 //! Image versions: strict `MAJOR.MINOR.PATCH` parsing, bumping, and the atomic rewrite of version files.
 
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -101,17 +100,8 @@ impl ImageVersion {
 /// original, so readers see either the old or the new version, never a mix.
 pub fn write_version_file(path: &Path, version: ImageVersion) -> Result<(), VersionError> {
     let err = |source| VersionError::Write { path: path.to_path_buf(), source };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
     let permissions = std::fs::metadata(path).map_err(err)?.permissions();
-    let mut tmp = tempfile::Builder::new().prefix(".uplosi-version-").tempfile_in(dir).map_err(err)?;
-    tmp.write_all(format!("{version}\n").as_bytes()).map_err(err)?;
-    tmp.as_file().set_permissions(permissions).map_err(err)?;
-    tmp.as_file().sync_all().map_err(err)?;
-    tmp.persist(path).map_err(|e| err(e.error))?;
-    Ok(())
+    crate::atomic::write_file(path, format!("{version}\n").as_bytes(), permissions).map_err(err)
 }
 
 #[cfg(test)]

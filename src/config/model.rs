@@ -184,6 +184,9 @@ pub struct VariantConfig {
     /// The version file, resolved against the config directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_version_file: Option<PathBuf>,
+    /// Where `uplosi upload` writes the image's PCR measurements first, resolved against the config directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub measurements_file: Option<PathBuf>,
     /// AWS settings.
     pub aws: AwsConfig,
     /// Azure settings.
@@ -380,6 +383,7 @@ pub fn resolve(
         problems: Vec::new(),
     };
     use Section::*;
+    let measurements_file = r.opt_string(Common, "measurementsFile").filter(|p| !p.is_empty()).map(|p| dir.join(p));
     let aws = AwsConfig {
         region: r.opt_string(Aws, "region"),
         replication_regions: r.list(Aws, "replicationRegions"),
@@ -458,6 +462,7 @@ pub fn resolve(
                 name,
                 image_version,
                 image_version_file,
+                measurements_file,
                 aws,
                 azure,
                 gcp,

@@ -118,6 +118,7 @@ pub const COMMON_KEYS: &[KeySpec] = &[
     with_default("imageVersion", Kind::String, "\"0.0.0\""),
     key("imageVersionFile", Kind::String),
     key("name", Kind::String),
+    tmpl("measurementsFile", None),
 ];
 
 /// Keys of `[….aws]`.

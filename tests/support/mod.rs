@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod moto;
+pub mod uki;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,256 @@
+//! `uplosi measurements`: the TPM PCR values a UKI-booting image produces, read straight from the image file.
+//!
+//! The ESP is found through the GPT ([`esp`]), the UKI is read from its FAT file system, its PE sections are
+//! parsed ([`pe`]), and the boot is replayed on a PCR bank ([`pcr`]): PCR 4 (firmware loading the UKI and the
+//! kernel), PCR 9 (the kernel command line and initrd through LOAD_FILE2) and PCR 11 (systemd-stub measuring the
+//! UKI's sections). The output is the Go uplosi's JSON document; no mount, no root, no temporary file.
+
+pub mod esp;
+pub mod pcr;
+pub mod pe;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+use crate::image::{ImageError, SourceImage};
+use pcr::{Simulator, hex};
+
+/// Where mkosi images keep the UKI, as the ESP is mounted at `/boot`: the Go tool's default.
+pub const DEFAULT_UKI_PATH: &str = "/boot/EFI/BOOT/BOOTX64.EFI";
+
+/// Why measuring failed.
+#[derive(Debug, Error)]
+pub enum MeasureError {
+    /// The image cannot be opened.
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    /// Reading the image failed.
+    #[error("reading {}: {source}", path.display())]
+    Read {
+        /// The image.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// No GPT.
+    #[error("{} has no GPT partition table (no \"EFI PART\" header at LBA 1); measurements need a GPT disk image with an EFI system partition", path.display())]
+    NoGpt {
+        /// The image.
+        path: PathBuf,
+    },
+    /// No ESP.
+    #[error("{} has no EFI system partition (type C12A7328-F81F-11D2-BA4B-00A0C93EC93B) in its GPT; partition types found: {}", path.display(), if found.is_empty() { "none".to_string() } else { found.join(", ") })]
+    NoEsp {
+        /// The image.
+        path: PathBuf,
+        /// The partition types present.
+        found: Vec<String>,
+    },
+    /// The ESP holds no FAT file system uplosi can read.
+    #[error("the EFI system partition of {} is not a readable FAT file system: {source}", path.display())]
+    BadFat {
+        /// The image.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The UKI is not there.
+    #[error("{uki} not found in the EFI system partition of {}; EFI/BOOT holds: {}; pass the UKI's path with -u/--uki-path", path.display(), if listing.is_empty() { "nothing".to_string() } else { listing.join(", ") })]
+    UkiNotFound {
+        /// The image.
+        path: PathBuf,
+        /// The UKI path asked for.
+        uki: String,
+        /// What EFI/BOOT holds.
+        listing: Vec<String>,
+    },
+    /// The UKI is not a PE image.
+    #[error("{uki} in {} is not a PE/EFI image: {reason}", path.display())]
+    NotPe {
+        /// The image.
+        path: PathBuf,
+        /// The UKI path.
+        uki: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A section a UKI must have is missing.
+    #[error("{uki} in {} is not a unified kernel image: it has no {section} section (its sections: {})", path.display(), sections.join(" "))]
+    MissingSection {
+        /// The image.
+        path: PathBuf,
+        /// The UKI path.
+        uki: String,
+        /// The missing section.
+        section: &'static str,
+        /// The sections it has.
+        sections: Vec<String>,
+    },
+}
+
+impl MeasureError {
+    /// Whether the input is at fault (exit code 2) rather than I/O (exit code 1).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            MeasureError::Image(e) => !matches!(e, ImageError::Read { .. } | ImageError::Interrupted),
+            MeasureError::Read { .. } => false,
+            _ => true,
+        }
+    }
+}
+
+/// The result: the PCR bank with its event log, and the human summary the Go tool prints.
+pub struct Measurements {
+    /// The simulated PCRs and events.
+    pub simulator: Simulator,
+    /// The summary for stderr.
+    pub summary: String,
+}
+
+/// The paths inside the ESP to try for `uki_path`: as given relative to the ESP root, then without a leading
+/// `boot/` or `efi/` (where images mount the ESP).
+pub fn esp_candidates(uki_path: &str) -> Vec<String> {
+    let relative = uki_path.trim_start_matches('/').to_string();
+    let mut candidates = vec![relative.clone()];
+    for mount in ["boot/", "efi/"] {
+        if let Some(rest) = relative.strip_prefix(mount) {
+            candidates.insert(0, rest.to_string());
+        }
+    }
+    candidates
+}
+
+/// Measures the UKI at `uki_path` in the image at `image_path` (raw or qcow2).
+pub fn measure(image_path: &Path, uki_path: &str) -> Result<Measurements, MeasureError> {
+    let image = SourceImage::open(image_path)?;
+    let path = image_path.to_path_buf();
+    let read_err = |source| MeasureError::Read { path: path.clone(), source };
+    let partition = match esp::find_esp(&*image.data, image.size).map_err(read_err)? {
+        Ok(p) => p,
+        Err(esp::EspLookup::NoGpt) => return Err(MeasureError::NoGpt { path }),
+        Err(esp::EspLookup::NoEsp(found)) => return Err(MeasureError::NoEsp { path, found }),
+    };
+    let mut uki = None;
+    let mut listing = Vec::new();
+    for candidate in esp_candidates(uki_path) {
+        let reader = esp::PartitionReader::new(std::sync::Arc::clone(&image.data), partition);
+        match esp::read_file(reader, &candidate)
+            .map_err(|source| MeasureError::BadFat { path: path.clone(), source })?
+        {
+            esp::Lookup::Found(bytes) => {
+                uki = Some(bytes);
+                break;
+            }
+            esp::Lookup::Missing(list) => listing = list,
+        }
+    }
+    let Some(uki) = uki else {
+        return Err(MeasureError::UkiNotFound { path, uki: uki_path.to_string(), listing });
+    };
+    measure_uki(&uki).map_err(|e| match e {
+        UkiError::NotPe(reason) => MeasureError::NotPe { path, uki: uki_path.into(), reason },
+        UkiError::Missing { section, sections } => {
+            MeasureError::MissingSection { path, uki: uki_path.into(), section, sections }
+        }
+    })
+}
+
+/// Why UKI bytes cannot be measured.
+#[derive(Debug)]
+pub enum UkiError {
+    /// Not a PE image.
+    NotPe(String),
+    /// A required section is missing.
+    Missing {
+        /// Which.
+        section: &'static str,
+        /// The sections present.
+        sections: Vec<String>,
+    },
+}
+
+/// Replays the boot of the UKI `uki` on a fresh PCR bank.
+pub fn measure_uki(uki: &[u8]) -> Result<Measurements, UkiError> {
+    let file = pe::PeFile::parse(uki).map_err(|e| UkiError::NotPe(e.0))?;
+    let section = |name: &'static str| {
+        file.section_data(name).ok_or_else(|| UkiError::Missing { section: name, sections: file.section_names() })
+    };
+    let (linux, cmdline, initrd) = (section(".linux")?, section(".cmdline")?, section(".initrd")?);
+    let kernel = pe::PeFile::parse(&linux).map_err(|e| UkiError::NotPe(format!("its .linux section: {}", e.0)))?;
+    let stages = [("Unified Kernel Image (UKI)", file.authenticode_sha256()), ("Linux", kernel.authenticode_sha256())];
+    let initrd_digest: [u8; 32] = Sha256::digest(&initrd).into();
+    let stub = file.section_data(".sdmagic").and_then(|magic| pcr::stub_version(&magic));
+    let measured = pcr::measured_sections(stub);
+    tracing::debug!("systemd-stub version {stub:?}: PCR 11 counts {}", measured.join(" "));
+    let sections = pcr::order_sections(file.sections(), measured);
+
+    let mut sim = Simulator::default();
+    sim.boot_stages(&stages);
+    sim.linux_load2(&cmdline, initrd_digest);
+    sim.uki_sections(&sections, measured);
+
+    let mut out = String::from("EFI Boot Stages:\n");
+    let width = stages.iter().map(|s| s.0.len()).max().unwrap_or(0);
+    for (i, (name, digest)) in stages.iter().enumerate() {
+        let _ = writeln!(out, "  Stage {} - {name:<width$}:\t{}", i + 1, hex(digest));
+    }
+    let _ = writeln!(
+        out,
+        "Linux LOAD_FILE2 protocol:\n  cmdline: {}\n  initrd (digest {})",
+        pcr::go_quote(&cmdline),
+        hex(&initrd_digest)
+    );
+    out.push_str("UKI sections:\n");
+    let width = sections.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for (i, s) in sections.iter().enumerate() {
+        if pcr::is_measured(s, measured) {
+            let mut name = s.name.as_bytes().to_vec();
+            name.push(0);
+            let _ = writeln!(
+                out,
+                "  Section {:2} - {:<width$} ({:10} bytes):\t{}, {}",
+                i + 1,
+                s.name,
+                s.size,
+                hex(&Sha256::digest(&name)),
+                hex(&s.digest)
+            );
+        } else {
+            let _ = writeln!(out, "  Section {:2} - {:<width$}:\tnot measured", i + 1, s.name);
+        }
+    }
+    for index in [4, 9, 11, 12, 13, 15] {
+        let _ = writeln!(out, "PCR[{index:2}]: {}", hex(&sim.bank[&index]));
+    }
+    Ok(Measurements { simulator: sim, summary: out })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uki_path_resolves_mount_points_and_esp_relative_paths() {
+        assert_eq!(esp_candidates("/boot/EFI/BOOT/BOOTX64.EFI"), ["EFI/BOOT/BOOTX64.EFI", "boot/EFI/BOOT/BOOTX64.EFI"]);
+        assert_eq!(esp_candidates("/efi/EFI/Linux/uki.efi"), ["EFI/Linux/uki.efi", "efi/EFI/Linux/uki.efi"]);
+        assert_eq!(esp_candidates("EFI/BOOT/BOOTX64.EFI"), ["EFI/BOOT/BOOTX64.EFI"]);
+        assert_eq!(esp_candidates("/EFI/BOOT/BOOTX64.EFI"), ["EFI/BOOT/BOOTX64.EFI"]);
+    }
+
+    #[test]
+    fn a_pe_without_uki_sections_is_refused_by_name() {
+        let pe = pe::tests::tiny_pe(b"code", &[]);
+        match measure_uki(&pe) {
+            Err(UkiError::Missing { section, sections }) => {
+                assert_eq!(section, ".linux");
+                assert_eq!(sections, [".text"]);
+            }
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("a plain PE is not a UKI"),
+        }
+        assert!(matches!(measure_uki(b"not a PE at all"), Err(UkiError::NotPe(_))));
+    }
+}

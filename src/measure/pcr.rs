@@ -1,0 +1,309 @@
+//! A TPM PCR bank simulator with its event log, the JSON document the Go tool writes, and the boot steps that
+//! extend PCRs 4, 9 and 11 when a UKI boots (TCG PC Client Platform Firmware Profile, systemd-stub, the Linux EFI
+//! stub's LOAD_FILE2 initrd protocol).
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use sha2::{Digest, Sha256};
+
+use super::pe::Section;
+
+/// The PCRs the Go tool reports; those no boot step extends stay zero, as it expects.
+pub const REPORTED: [u32; 7] = [4, 8, 9, 11, 12, 13, 15];
+
+/// SHA-256 of the EV_EFI_ACTION string "Calling EFI Application from Boot Option".
+const EV_EFI_ACTION: &[u8] = b"Calling EFI Application from Boot Option";
+/// The EV_SEPARATOR event data: four zero bytes.
+const EV_SEPARATOR: [u8; 4] = [0; 4];
+
+/// The sections systemd-stub measures into PCR 11, in its order (`unified_sections[]` in systemd's `uki.h`), by
+/// the stub's version: 252 knows neither `.uname` nor `.sbat` (though its own binary carries a `.sbat` section),
+/// 253 adds both, 256 adds `.ucode`. `.pcrsig` is never measured: it holds signatures over PCR 11 itself. The Go
+/// tool always uses the 253 list and spells `.pcrpkey` as `.pcrkey`, so it never measures that section.
+pub fn measured_sections(stub_version: Option<u32>) -> &'static [&'static str] {
+    const V252: &[&str] = &[".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey"];
+    const V253: &[&str] =
+        &[".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".uname", ".sbat", ".pcrpkey"];
+    const V256: &[&str] =
+        &[".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".pcrpkey"];
+    match stub_version {
+        Some(v) if v < 253 => V252,
+        Some(v) if v < 256 => V253,
+        _ => V256,
+    }
+}
+
+/// The systemd-stub version from the UKI's `.sdmagic` section (`#### LoaderInfo: systemd-stub 252.39 ####`).
+pub fn stub_version(sdmagic: &[u8]) -> Option<u32> {
+    let text = String::from_utf8_lossy(sdmagic);
+    let rest = &text[text.find("systemd-stub ")? + "systemd-stub ".len()..];
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// One extend operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// The PCR.
+    pub pcr: u32,
+    /// The digest extended.
+    pub digest: [u8; 32],
+    /// The event data, where the digest is the hash of it.
+    pub data: Option<Vec<u8>>,
+    /// What it is.
+    pub description: String,
+}
+
+/// The PCR bank and the events that produced it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Simulator {
+    /// PCR index to value.
+    pub bank: BTreeMap<u32, [u8; 32]>,
+    /// Every extend, in order.
+    pub events: Vec<Event>,
+}
+
+impl Default for Simulator {
+    fn default() -> Self {
+        Self { bank: REPORTED.iter().map(|&i| (i, [0u8; 32])).collect(), events: Vec::new() }
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+impl Simulator {
+    /// PCR\[pcr\] = SHA-256(PCR\[pcr\] || digest), and the event is logged.
+    pub fn extend(&mut self, pcr: u32, digest: [u8; 32], data: Option<Vec<u8>>, description: String) {
+        let old = self.bank.entry(pcr).or_insert([0u8; 32]);
+        let mut hash = Sha256::new();
+        hash.update(*old);
+        hash.update(digest);
+        *old = hash.finalize().into();
+        self.events.push(Event { pcr, digest, data, description });
+    }
+
+    /// PCR 4: the firmware's boot-option action and separator, then the Authenticode hash of each PE image it
+    /// loads: the UKI, then the kernel that systemd-stub hands to LoadImage.
+    pub fn boot_stages(&mut self, stages: &[(&str, [u8; 32])]) {
+        self.extend(4, sha256(EV_EFI_ACTION), None, "EV_EFI_ACTION: Calling EFI Application from Boot Option".into());
+        self.extend(4, sha256(&EV_SEPARATOR), Some(EV_SEPARATOR.to_vec()), "EV_SEPARATOR".into());
+        for (i, (name, digest)) in stages.iter().enumerate() {
+            self.extend(4, *digest, None, format!("Boot Stage {}: {name}", i + 1));
+        }
+    }
+
+    /// PCR 9: the kernel command line as UTF-16LE with its NUL, then the initrd's digest (LOAD_FILE2).
+    pub fn linux_load2(&mut self, cmdline: &[u8], initrd_digest: [u8; 32]) {
+        // Some UKI builders do not NUL-terminate the command line; the stub passes it terminated.
+        let mut cmdline = cmdline.to_vec();
+        if cmdline.last() != Some(&0) {
+            cmdline.push(0);
+        }
+        let utf16: Vec<u8> = String::from_utf8_lossy(&cmdline).encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let description = format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: cmdline {}", go_quote(&cmdline));
+        self.extend(9, sha256(&utf16), Some(utf16), description);
+        self.extend(
+            9,
+            initrd_digest,
+            None,
+            format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: initrd (digest {})", hex(&initrd_digest)),
+        );
+    }
+
+    /// PCR 11: for each measured section in the stub's order, its NUL-terminated name, then its content.
+    pub fn uki_sections(&mut self, ordered: &[Section], measured: &[&str]) {
+        for (i, section) in ordered.iter().enumerate() {
+            if !is_measured(section, measured) {
+                continue;
+            }
+            let name = nul_terminated(&section.name);
+            self.extend(11, sha256(&name), Some(name), format!("EV_IPL: UKI section {} name: {}", i + 1, section.name));
+            self.extend(
+                11,
+                section.digest,
+                None,
+                format!("EV_IPL: UKI section {} data: {}", i + 1, hex(&section.digest)),
+            );
+        }
+    }
+
+    /// The Go tool's JSON: `{"measurements":{"4":{"expected":HEX},…},"EventLog":{"Events":[…]}}`, compact, keys
+    /// of `measurements` in Go's string order, HTML characters escaped as Go's encoder does, newline-terminated.
+    pub fn to_json(&self) -> String {
+        // Written by hand: the key order must be Go's (struct fields in order, map keys sorted as strings), which
+        // serde_json's map does not keep.
+        let string = |s: &str| serde_json::Value::from(s).to_string();
+        let mut bank: Vec<(String, &[u8; 32])> = self.bank.iter().map(|(i, v)| (i.to_string(), v)).collect();
+        bank.sort_by(|a, b| a.0.cmp(&b.0));
+        let measurements: Vec<String> =
+            bank.iter().map(|(k, v)| format!("{}:{{\"expected\":{}}}", string(k), string(&hex(*v)))).collect();
+        let events: Vec<String> = self
+            .events
+            .iter()
+            .map(|e| {
+                let data = match e.data.as_ref().filter(|d| !d.is_empty()) {
+                    Some(d) => format!(",\"Data\":{}", string(&base64::engine::general_purpose::STANDARD.encode(d))),
+                    None => String::new(),
+                };
+                format!(
+                    "{{\"PCRIndex\":{},\"Digest\":{}{data},\"Description\":{}}}",
+                    e.pcr,
+                    string(&hex(&e.digest)),
+                    string(&e.description)
+                )
+            })
+            .collect();
+        let json = format!(
+            "{{\"measurements\":{{{}}},\"EventLog\":{{\"Events\":[{}]}}}}\n",
+            measurements.join(","),
+            events.join(",")
+        );
+        // Go's encoder escapes these HTML characters inside strings; they cannot occur outside one here.
+        json.replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
+    }
+}
+
+/// Whether the stub measuring `measured` extends PCR 11 with the section (empty ones it skips).
+pub fn is_measured(section: &Section, measured: &[&str]) -> bool {
+    measured.contains(&section.name.as_str()) && section.size > 0
+}
+
+/// Orders sections as the Go tool lists them: measured ones in the stub's order, then the rest by name.
+pub fn order_sections(mut sections: Vec<Section>, measured: &[&str]) -> Vec<Section> {
+    let rank = |s: &Section| {
+        let is = is_measured(s, measured);
+        let order = measured.iter().position(|n| *n == s.name).map_or(-1, |p| p as i64);
+        (!is, order, s.name.clone())
+    };
+    sections.sort_by_key(rank);
+    sections
+}
+
+fn nul_terminated(name: &str) -> Vec<u8> {
+    let mut bytes = name.as_bytes().to_vec();
+    if bytes.last() != Some(&0) {
+        bytes.push(0);
+    }
+    bytes
+}
+
+/// Go's `%q` of a byte string: printable characters as they are, the usual escapes, `\xNN` for other bytes.
+pub fn go_quote(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{b}' => out.push_str("\\v"),
+                c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_hex(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap_or(0);
+        }
+        out
+    }
+
+    // The vectors below are the Go tool's own (measured-boot/measure/pcr04_test.go, pcr09_test.go,
+    // pcr11_test.go).
+
+    #[test]
+    fn pcr4_matches_the_go_test_vector() {
+        let mut sim = Simulator::default();
+        sim.boot_stages(&[("stage0", [0u8; 32]), ("stage1", [1u8; 32])]);
+        assert_eq!(hex(&sim.bank[&4]), "22116dee861aa6b44242ac469eab24cead344d52c77131f54ac1cac9d6a2408e");
+        assert_eq!(sim.events[0].digest, from_hex("3d6772b4f84ed47595d72a2c4c5ffd15f5bb72c7507fe26f2aaee2c69d5633ba"));
+        assert_eq!(sim.events[1].digest, from_hex("df3f619804a92fdb4057192dc43dd748ea778adc52bc498ce80524c014b81119"));
+    }
+
+    #[test]
+    fn pcr9_matches_the_go_test_vector() {
+        let mut sim = Simulator::default();
+        sim.linux_load2(b"console=tty0\0", [0u8; 32]);
+        assert_eq!(hex(&sim.bank[&9]), "eb4f7bca865807d3163b95174d6e66cfc74acf8b930a553e95ec94662cb6facd");
+        assert_eq!(sim.events[0].description, "EV_EVENT_TAG: Linux LOAD_FILE2 protocol: cmdline \"console=tty0\\x00\"");
+        let mut unterminated = Simulator::default();
+        unterminated.linux_load2(b"console=tty0", [0u8; 32]);
+        assert_eq!(unterminated.bank[&9], sim.bank[&9], "a missing NUL is added");
+    }
+
+    #[test]
+    fn pcr11_matches_the_go_test_vector() {
+        let sections = vec![
+            Section { name: ".text".into(), size: 100, digest: [0; 32] },
+            Section { name: ".linux".into(), size: 100, digest: [0; 32] },
+            Section { name: ".initrd".into(), size: 5, digest: [1; 32] },
+        ];
+        let measured = measured_sections(None);
+        let ordered = order_sections(sections, measured);
+        assert_eq!(ordered.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), [".linux", ".initrd", ".text"]);
+        let mut sim = Simulator::default();
+        sim.uki_sections(&ordered, measured);
+        assert_eq!(hex(&sim.bank[&11]), "9dfe399fcd4432639f0e20f49df823aa66b095f0664f0a4b9fbdc11ea64683e2");
+    }
+
+    #[test]
+    fn json_has_go_key_order_and_escaping() {
+        let mut sim = Simulator::default();
+        sim.extend(9, [0; 32], Some(vec![1, 2]), "a <b> & c".into());
+        let json = sim.to_json();
+        assert!(json.starts_with("{\"measurements\":{\"11\":{\"expected\":\""), "{json}");
+        let order: Vec<usize> = ["\"11\"", "\"12\"", "\"13\"", "\"15\"", "\"4\"", "\"8\"", "\"9\""]
+            .iter()
+            .map(|k| json.find(k).unwrap_or(usize::MAX))
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{json}");
+        assert!(json.contains("\"Data\":\"AQI=\",\"Description\":\"a \\u003cb\\u003e \\u0026 c\"}"), "{json}");
+        assert!(json.ends_with("]}}\n"));
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(parsed["EventLog"]["Events"][0]["PCRIndex"], 9);
+    }
+
+    #[test]
+    fn the_stub_version_decides_which_sections_count() {
+        assert_eq!(stub_version(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0"), Some(252));
+        assert_eq!(stub_version(b"garbage"), None);
+        assert!(!measured_sections(Some(252)).contains(&".sbat"));
+        assert!(measured_sections(Some(254)).contains(&".sbat") && !measured_sections(Some(254)).contains(&".ucode"));
+        assert!(measured_sections(Some(257)).contains(&".ucode"));
+        assert_eq!(measured_sections(None), measured_sections(Some(257)));
+    }
+
+    #[test]
+    fn go_quote_escapes_like_go() {
+        let mut input = b"a \"b\"\\\n\0\x7f\xff".to_vec();
+        input.extend_from_slice("é".as_bytes());
+        assert_eq!(go_quote(&input), "\"a \\\"b\\\"\\\\\\n\\x00\\x7f\\xffé\"");
+    }
+}

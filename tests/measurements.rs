@@ -1,0 +1,268 @@
+//! `uplosi measurements` on real UKIs (Debian's kernel and systemd stub, joined with objcopy) inside GPT images
+//! with FAT12, FAT16 and FAT32 ESPs, checked against `systemd-measure calculate` for PCR 11 and an independent
+//! Python/pefile reference for PCRs 4 and 9.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use support::fixtures::{self, run};
+use support::uki::{self, Parts};
+
+fn uplosi() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("uplosi").unwrap();
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+/// The reference values of `tests/support/pcr_reference.py`.
+fn reference(uki: &Path) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/pcr_reference.py");
+    serde_json::from_slice(&run(Command::new("python3").arg(script).arg(uki)).stdout).unwrap()
+}
+
+/// `systemd-measure calculate` for the sections the UKI was built from; its first phase is `enter-initrd`.
+fn systemd_measure_enter_initrd(sections: &[(&str, PathBuf)]) -> String {
+    let mut cmd = Command::new("/usr/lib/systemd/systemd-measure");
+    cmd.arg("calculate").arg("--bank=sha256");
+    for (name, path) in sections {
+        cmd.arg(format!("--{}={}", name.trim_start_matches('.'), path.display()));
+    }
+    let out = String::from_utf8(run(&mut cmd).stdout).unwrap();
+    out.lines().find_map(|l| l.strip_prefix("11:sha256=")).unwrap_or_else(|| panic!("{out}")).to_string()
+}
+
+/// A workspace with one UKI in a FAT32 ESP at EFI/BOOT/BOOTX64.EFI.
+struct Fixture {
+    dir: tempfile::TempDir,
+    uki: PathBuf,
+    sections: Vec<(&'static str, PathBuf)>,
+}
+
+impl Fixture {
+    fn new(parts: &Parts<'_>) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let (uki, sections) = uki::build(dir.path(), "uki", parts);
+        Self { dir, uki, sections }
+    }
+
+    fn disk(&self, name: &str, fat: u8, esp_mib: u64, files: &[(&str, &Path)]) -> PathBuf {
+        let out = self.dir.path().join(name);
+        uki::esp_disk(&out, fat, esp_mib, files);
+        out
+    }
+
+    fn standard_disk(&self) -> PathBuf {
+        self.disk("disk.raw", 32, 64, &[("EFI/BOOT/BOOTX64.EFI", &self.uki)])
+    }
+}
+
+fn measurements_json(image: &Path, extra: &[&str]) -> (serde_json::Value, String, String) {
+    let assert = uplosi().arg("measurements").arg(image).args(extra).assert().success();
+    let out = assert.get_output();
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    let json = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (json, stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn expected(json: &serde_json::Value, pcr: u32) -> String {
+    json["measurements"][pcr.to_string()]["expected"].as_str().unwrap_or_else(|| panic!("PCR {pcr}: {json}")).into()
+}
+
+#[test]
+fn pcrs_match_systemd_measure_and_an_independent_reference() {
+    let fx = Fixture::new(&Parts::default());
+    let disk = fx.standard_disk();
+    let out = fx.dir.path().join("measurements.json");
+    let assert = uplosi().arg("measurements").arg(&disk).arg("-o").arg(&out).assert().success();
+    assert!(assert.get_output().stdout.is_empty(), "with -o, nothing goes to stdout");
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.ends_with("}\n") && !text.contains("\n "), "compact JSON with a newline, as Go's encoder writes");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+
+    // PCR 11: systemd-measure reports it after systemd-pcrphase extended "enter-initrd" (without a NUL).
+    let pcr11 = unhex(&expected(&json, 11));
+    let mut after_phase = pcr11.clone();
+    after_phase.extend_from_slice(&sha256(b"enter-initrd"));
+    assert_eq!(hex(&sha256(&after_phase)), systemd_measure_enter_initrd(&fx.sections), "PCR 11 vs systemd-measure");
+
+    let reference = reference(&fx.uki);
+    assert_eq!(expected(&json, 4), reference["4"], "PCR 4 vs the pefile reference");
+    assert_eq!(reference["4"], reference["4_padded"], "an 8-byte-aligned UKI hashes the same with or without padding");
+    assert_eq!(expected(&json, 9), reference["9"], "PCR 9 vs the pefile reference");
+    for zero in [8, 12, 13, 15] {
+        assert_eq!(expected(&json, zero), "0".repeat(64), "PCR {zero}");
+    }
+
+    // The event log replays to the PCR values.
+    let mut bank: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    let events = json["EventLog"]["Events"].as_array().unwrap();
+    for e in events {
+        let pcr = bank.entry(e["PCRIndex"].as_u64().unwrap()).or_insert_with(|| vec![0u8; 32]);
+        let mut input = pcr.clone();
+        input.extend_from_slice(&unhex(e["Digest"].as_str().unwrap()));
+        *pcr = sha256(&input).to_vec();
+        assert!(e["Description"].is_string());
+    }
+    for (pcr, value) in &bank {
+        assert_eq!(hex(value), expected(&json, *pcr as u32), "event log of PCR {pcr}");
+    }
+    assert_eq!(events.iter().filter(|e| e["PCRIndex"] == 4).count(), 4);
+    assert_eq!(events[1]["Data"], "AAAAAA==", "EV_SEPARATOR data");
+    let names: Vec<&str> = events
+        .iter()
+        .filter_map(|e| e["Description"].as_str()?.strip_prefix("EV_IPL: UKI section "))
+        .filter(|d| d.contains(" name: "))
+        .collect();
+    assert!(names.iter().any(|n| n.ends_with("name: .pcrpkey")), "systemd's .pcrpkey is measured: {names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(".sbat")), "the 252 stub does not measure its .sbat: {names:?}");
+
+    for line in
+        ["EFI Boot Stages:", "  Stage 1 - Unified Kernel Image (UKI):\t", "  Stage 2 - Linux                     :\t"]
+    {
+        assert!(stderr.contains(line), "{line:?} in:\n{stderr}");
+    }
+    assert!(
+        stderr.contains("Linux LOAD_FILE2 protocol:\n  cmdline: \"console=ttyS0 root=PARTUUID=6c1e0d3a & quiet\"\n")
+    );
+    assert!(stderr.contains("UKI sections:\n  Section  1 - .linux "), "{stderr}");
+    assert!(stderr.contains("  Section 11 - .sbat   :\tnot measured\n"), "{stderr}");
+    assert!(stderr.contains(&format!("PCR[ 4]: {}\n", expected(&json, 4))), "{stderr}");
+    assert!(stderr.contains(&format!("PCR[11]: {}\n", expected(&json, 11))), "{stderr}");
+    assert!(stderr.contains(&format!("Wrote precalculated measurements to {}", out.display())));
+}
+
+#[test]
+fn fat12_fat16_fat32_and_qcow2_give_the_same_measurements() {
+    let fx = Fixture::new(&Parts::default());
+    let fat32 = fx.standard_disk();
+    let (json32, stdout32, _) = measurements_json(&fat32, &[]);
+    assert!(json32["measurements"].is_object(), "JSON on stdout without -o: {stdout32}");
+    for (fat, mib) in [(12u8, 24u64), (16, 40)] {
+        let disk = fx.disk(&format!("fat{fat}.raw"), fat, mib, &[("EFI/BOOT/BOOTX64.EFI", &fx.uki)]);
+        let (_, stdout, _) = measurements_json(&disk, &[]);
+        assert_eq!(stdout, stdout32, "FAT{fat}");
+    }
+    let qcow = fx.dir.path().join("disk.qcow2");
+    run(Command::new("qemu-img").args(["convert", "-q", "-c", "-O", "qcow2"]).arg(&fat32).arg(&qcow));
+    let (_, stdout, _) = measurements_json(&qcow, &["-u", "/boot/EFI/BOOT/BOOTX64.EFI"]);
+    assert_eq!(stdout, stdout32, "qcow2 input");
+    // The Go tool's older name is an alias.
+    let (_, stdout, _) = {
+        let assert = uplosi().arg("precalculate-measurements").arg(&fat32).assert().success();
+        let out = assert.get_output();
+        ((), String::from_utf8(out.stdout.clone()).unwrap(), ())
+    };
+    assert_eq!(stdout, stdout32, "precalculate-measurements alias");
+}
+
+#[test]
+fn uki_path_is_found_through_mount_points_and_esp_relative_paths() {
+    let fx = Fixture::new(&Parts::default());
+    let disk = fx.disk("linux.raw", 32, 64, &[("EFI/Linux/podvm.efi", &fx.uki), ("EFI/BOOT/BOOTX64.EFI", &fx.uki)]);
+    let (reference, _, _) = measurements_json(&disk, &[]);
+    for path in
+        ["/efi/EFI/Linux/podvm.efi", "/boot/EFI/Linux/podvm.efi", "EFI/Linux/podvm.efi", "/efi/boot/bootx64.efi"]
+    {
+        let (json, _, _) = measurements_json(&disk, &["--uki-path", path]);
+        assert_eq!(json, reference, "{path}");
+    }
+}
+
+fn measurement_error(image: &Path, extra: &[&str]) -> String {
+    let assert = uplosi().arg("measurements").arg(image).args(extra).assert().code(2);
+    assert!(assert.get_output().stdout.is_empty());
+    String::from_utf8_lossy(&assert.get_output().stderr).into_owned()
+}
+
+#[test]
+fn each_missing_piece_is_named() {
+    let fx = Fixture::new(&Parts::default());
+    let dir = fx.dir.path();
+
+    let blank = dir.join("blank.raw");
+    std::fs::File::create(&blank).unwrap().set_len(8 << 20).unwrap();
+    let err = measurement_error(&blank, &[]);
+    assert!(err.contains("has no GPT partition table"), "{err}");
+
+    let no_esp = dir.join("no-esp.raw");
+    std::fs::File::create(&no_esp).unwrap().set_len(8 << 20).unwrap();
+    let mut sfdisk = Command::new("/usr/sbin/sfdisk");
+    sfdisk.arg("--quiet").arg(&no_esp).stdin(std::process::Stdio::piped());
+    let mut child = sfdisk.spawn().unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"label: gpt\n,,L\n").unwrap();
+    assert!(child.wait().unwrap().success());
+    let err = measurement_error(&no_esp, &[]);
+    assert!(err.contains("no EFI system partition") && err.contains("0FC63DAF-8483-4772-8E79-3D69D8477DE4"), "{err}");
+
+    let disk = fx.standard_disk();
+    let err = measurement_error(&disk, &["-u", "/boot/EFI/BOOT/BOOTAA64.EFI"]);
+    assert!(
+        err.contains("/boot/EFI/BOOT/BOOTAA64.EFI not found") && err.contains("EFI/BOOT holds: BOOTX64.EFI"),
+        "{err}"
+    );
+
+    // The GPT fixture's BOOTX64.EFI is random bytes.
+    let err = measurement_error(&fixtures::gpt_image().path, &[]);
+    assert!(err.contains("is not a PE/EFI image"), "{err}");
+
+    let stub_only = fx.disk("stub.raw", 32, 64, &[("EFI/BOOT/BOOTX64.EFI", Path::new(uki::STUB))]);
+    let err = measurement_error(&stub_only, &[]);
+    assert!(err.contains("no .linux section") && err.contains(".sdmagic"), "{err}");
+
+    let (no_cmdline, _) = uki::build(dir, "nocmdline", &Parts { cmdline: None, ..Parts::default() });
+    let disk = fx.disk("nocmdline.raw", 32, 64, &[("EFI/BOOT/BOOTX64.EFI", &no_cmdline)]);
+    assert!(measurement_error(&disk, &[]).contains("no .cmdline section"));
+
+    let (no_initrd, _) = uki::build(dir, "noinitrd", &Parts { initrd: None, ..Parts::default() });
+    let disk = fx.disk("noinitrd.raw", 32, 64, &[("EFI/BOOT/BOOTX64.EFI", &no_initrd)]);
+    assert!(measurement_error(&disk, &[]).contains("no .initrd section"));
+}
+
+#[test]
+fn an_unaligned_uki_is_hashed_as_edk2_does_not_as_go_uefi() {
+    let fx = Fixture::new(&Parts { align8: false, ..Parts::default() });
+    assert_ne!(std::fs::metadata(&fx.uki).unwrap().len() % 8, 0, "objcopy's output is not 8-byte aligned");
+    let (json, _, _) = measurements_json(&fx.standard_disk(), &[]);
+    let reference = reference(&fx.uki);
+    assert_eq!(expected(&json, 4), reference["4"], "EDK2: no padding");
+    assert_ne!(expected(&json, 4), reference["4_padded"], "go-uefi pads, and would differ here");
+}
+
+#[test]
+fn measurements_file_in_config_is_written_before_the_upload() {
+    let fx = Fixture::new(&Parts::default());
+    let disk = fx.standard_disk();
+    let ws = support::Workspace::new();
+    std::fs::remove_file(ws.image()).unwrap();
+    std::os::unix::fs::symlink(&disk, ws.image()).unwrap();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"file\"\nimageVersion = \"1.2.3\"\nmeasurementsFile = \"pcrs-{{.Version}}.json\"\n\n[base.file]\npath = \"podvm.raw\"\nformat = \"raw\"\n",
+    );
+    let plan = ws.plan_json(&[]);
+    assert!(plan["variants"][0]["steps"][0].as_str().unwrap().contains("pcrs-1.2.3.json"), "{plan}");
+    assert!(!ws.path().join("pcrs-1.2.3.json").exists(), "a dry run writes nothing");
+    let assert = uplosi().current_dir(ws.path()).args(["upload", "system.raw"]).assert().success();
+    let stderr = String::from_utf8_lossy(&assert.get_output().stderr).into_owned();
+    assert!(stderr.contains("Wrote precalculated measurements to") && stderr.contains("pcrs-1.2.3.json"), "{stderr}");
+    let (direct, _, _) = measurements_json(&disk, &[]);
+    let written: serde_json::Value = serde_json::from_str(&ws.read("pcrs-1.2.3.json")).unwrap();
+    assert_eq!(written, direct);
+    assert!(ws.path().join("podvm.raw").exists(), "the upload ran after the measurements");
+}

@@ -3,6 +3,9 @@
 #   VHD     vs qemu-img convert -O vpc -o subformat=fixed,force_size=on
 #   qcow2   vs qemu-img convert -O qcow2
 #   tar.gz  vs tar -S --format=oldgnu | gzip -6   (and | pigz -6)
+# and, from a qcow2 input (qemu-img convert -O qcow2 of the same image):
+#   qcow2 -> VHD     vs qemu-img convert -f qcow2 -O vpc -o subformat=fixed,force_size=on
+#   qcow2 -> tar.gz  vs qemu-img convert -f qcow2 -O raw, then tar -S --format=oldgnu | gzip -6
 # and reports peak RSS of uplosi on an 8 GiB sparse image.
 #
 # The input is a 2.5 GiB GPT image (ESP + ext4 root) holding about 600 MiB of mixed data: random bytes, text, and
@@ -57,6 +60,14 @@ best_time "ours tar.gz"   o.tar.gz "$UPLOSI -q convert system.raw --format tar.g
 best_time "tar|gzip -6"   t.tar.gz "tar -S --format=oldgnu -hcf - disk.raw | gzip -6 > t.tar.gz"
 best_time "tar|pigz -6"   p.tar.gz "tar -S --format=oldgnu -hcf - disk.raw | pigz -6 > p.tar.gz"
 
+qemu-img convert -f raw -O qcow2 system.raw in.qcow2
+cat in.qcow2 > /dev/null
+mkdir -p q2r
+best_time "ours q->vhd"     qo.vhd "$UPLOSI -q convert in.qcow2 --format vhd -o qo.vhd"
+best_time "qemu-img q->vhd" qq.vhd "qemu-img convert -f qcow2 -O vpc -o subformat=fixed,force_size=on in.qcow2 qq.vhd"
+best_time "ours q->tar.gz"  qo.tar.gz "$UPLOSI -q convert in.qcow2 --format tar.gz -o qo.tar.gz"
+best_time "qemu-img|tar|gzip" qt.tar.gz "rm -f q2r/disk.raw && qemu-img convert -f qcow2 -O raw in.qcow2 q2r/disk.raw && tar -S --format=oldgnu -C q2r -cf - disk.raw | gzip -6 > qt.tar.gz"
+
 echo
 echo "ratios (time, lower is better; size for tar.gz):"
 echo "  vhd    ours/qemu-img      = $(ratio "${BEST[ours vhd]}" "${BEST[qemu-img vhd]}")"
@@ -64,6 +75,8 @@ echo "  qcow2  ours/qemu-img      = $(ratio "${BEST[ours qcow2]}" "${BEST[qemu-i
 echo "  tar.gz ours/(tar|gzip -6) = $(ratio "${BEST[ours tar.gz]}" "${BEST[tar|gzip -6]}")   size $(ratio "${SIZE[ours tar.gz]}" "${SIZE[tar|gzip -6]}")"
 echo "  tar.gz pigz/(tar|gzip -6) = $(ratio "${BEST[tar|pigz -6]}" "${BEST[tar|gzip -6]}")   size $(ratio "${SIZE[tar|pigz -6]}" "${SIZE[tar|gzip -6]}")"
 echo "  tar.gz ours/pigz          = $(ratio "${BEST[ours tar.gz]}" "${BEST[tar|pigz -6]}")"
+echo "  qcow2->vhd    ours/qemu-img            = $(ratio "${BEST[ours q->vhd]}" "${BEST[qemu-img q->vhd]}")"
+echo "  qcow2->tar.gz ours/(qemu-img|tar|gzip) = $(ratio "${BEST[ours q->tar.gz]}" "${BEST[qemu-img|tar|gzip]}")   size $(ratio "${SIZE[ours q->tar.gz]}" "${SIZE[qemu-img|tar|gzip]}")"
 
 # Peak RSS on an 8 GiB sparse image (the same data, more holes).
 cp --sparse=always system.raw big.raw && truncate -s 8G big.raw
@@ -76,4 +89,4 @@ for fmt in vhd qcow2 tar.gz raw; do
     printf '  %-7s %6d KiB\n' "$fmt" "$m"
     rm -f "big-out.$fmt"
 done
-rm -f big.raw o.* q.* t.tar.gz p.tar.gz time.txt
+rm -rf big.raw o.* q.* qo.* qq.vhd qt.tar.gz in.qcow2 q2r t.tar.gz p.tar.gz time.txt

@@ -81,7 +81,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
     match cli.command {
         Command::Upload(args) => upload(&args),
         Command::Convert(args) => convert(&args),
-        Command::Measurements(args) => measurements(&args),
+        Command::Measurements(args) => measurements(&args, cli.quiet),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -184,14 +184,19 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
     Ok(())
 }
 
-fn measurements(args: &MeasurementsArgs) -> Result<(), AppError> {
+/// `uplosi measurements`; the summary goes to stderr as the Go tool prints it, unless `-q`.
+fn measurements(args: &MeasurementsArgs, quiet: bool) -> Result<(), AppError> {
     let result = measure::measure(&args.image, &args.uki_path)?;
-    eprint!("{}", result.summary);
+    if !quiet {
+        eprint!("{}", result.summary);
+    }
     let json = result.simulator.to_json();
     match &args.output_file {
         Some(path) => {
             write_measurements(path, &json)?;
-            eprintln!("Wrote precalculated measurements to {}", path.display());
+            if !quiet {
+                eprintln!("Wrote precalculated measurements to {}", path.display());
+            }
         }
         None => std::io::stdout().write_all(json.as_bytes()).map_err(AppError::Stdout)?,
     }
@@ -214,7 +219,7 @@ fn write_configured_measurements(variants: &[VariantConfig], image: &std::path::
     let json = measure::measure(image, measure::DEFAULT_UKI_PATH)?.simulator.to_json();
     for path in files {
         write_measurements(path, &json)?;
-        eprintln!("Wrote precalculated measurements to {}", path.display());
+        tracing::info!("Wrote precalculated measurements to {}", path.display());
     }
     Ok(())
 }

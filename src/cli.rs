@@ -58,8 +58,8 @@ pub struct Cli {
 pub enum Command {
     /// Convert, upload, register, replicate and publish IMAGE for every enabled variant.
     ///
-    /// References (AMI ARNs, gallery image version IDs, GCE image paths, Glance image IDs) are printed on stdout,
-    /// one per line; logs and progress go to stderr.
+    /// References (AMI ARNs, gallery image version IDs, GCE image paths, Glance image IDs, exported file paths) are
+    /// printed on stdout, one per line; logs and progress go to stderr.
     #[command(after_help = EXAMPLES)]
     Upload(UploadArgs),
     /// Convert IMAGE to another disk format, streaming and sparse-aware.

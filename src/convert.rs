@@ -120,7 +120,7 @@ impl ConvertError {
 
 /// Checks that `output` can be written for `input`: not a directory, not the input itself, and only replaced with
 /// `force`.
-pub fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), ConvertError> {
+fn check_output(input: &Path, output: &Path, force: bool) -> Result<(), ConvertError> {
     match std::fs::metadata(output) {
         Ok(meta) if meta.is_dir() => Err(ConvertError::OutputIsDirectory { path: output.to_path_buf() }),
         Ok(_) => {
@@ -175,8 +175,9 @@ pub fn convert_image(
         TargetFormat::Vhd | TargetFormat::Raw => image.allocated()?,
     };
     tracing::debug!(
-        "{}: {} bytes, {} bytes allocated or data in {} extents",
+        "{} ({}): {} bytes, {} bytes allocated or data in {} extents",
         input.display(),
+        image.format_name(),
         image.size,
         map.data_bytes(),
         map.extents.len()

@@ -135,7 +135,7 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
     // Every provider and every credential is checked before the first byte moves, so a run does not stop half-way
     // for a reason that was knowable up front.
     provider::check_supported(&variants)?;
-    write_configured_measurements(&variants, &args.image)?;
+    write_configured_measurements(&variants, &image)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
     let options = UploadOptions { concurrency: args.concurrency as usize, cancel: Cancel::on_signals() };
     let results = runtime.block_on(async {
@@ -210,13 +210,13 @@ fn write_measurements(path: &std::path::Path, json: &str) -> Result<(), AppError
 }
 
 /// Writes each `measurementsFile` the variants name, before anything is uploaded (`[base] measurementsFile`).
-fn write_configured_measurements(variants: &[VariantConfig], image: &std::path::Path) -> Result<(), AppError> {
+fn write_configured_measurements(variants: &[VariantConfig], image: &SourceImage) -> Result<(), AppError> {
     let files: std::collections::BTreeSet<&PathBuf> =
         variants.iter().filter_map(|v| v.measurements_file.as_ref()).collect();
     if files.is_empty() {
         return Ok(());
     }
-    let json = measure::measure(image, measure::DEFAULT_UKI_PATH)?.simulator.to_json();
+    let json = measure::measure_image(image, measure::DEFAULT_UKI_PATH)?.simulator.to_json();
     for path in files {
         write_measurements(path, &json)?;
         tracing::info!("Wrote precalculated measurements to {}", path.display());

@@ -148,7 +148,6 @@ pub fn convert(
     cancel: &Cancel,
 ) -> Result<ConvertReport, ConvertError> {
     let started = Instant::now();
-    check_output(input, output, options.force)?;
     let image = SourceImage::open(input)?;
     convert_image(&image, output, options, cancel, started)
 }

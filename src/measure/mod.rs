@@ -125,8 +125,12 @@ pub fn esp_candidates(uki_path: &str) -> Vec<String> {
 
 /// Measures the UKI at `uki_path` in the image at `image_path` (raw or qcow2).
 pub fn measure(image_path: &Path, uki_path: &str) -> Result<Measurements, MeasureError> {
-    let image = SourceImage::open(image_path)?;
-    let path = image_path.to_path_buf();
+    measure_image(&SourceImage::open(image_path)?, uki_path)
+}
+
+/// Measures the UKI at `uki_path` in the already opened `image`.
+pub fn measure_image(image: &SourceImage, uki_path: &str) -> Result<Measurements, MeasureError> {
+    let path = image.path.clone();
     let read_err = |source| MeasureError::Read { path: path.clone(), source };
     let partition = match esp::find_esp(&*image.data, image.size).map_err(read_err)? {
         Ok(p) => p,

@@ -72,6 +72,11 @@ impl Progress {
         self.bar.inc(n);
     }
 
+    /// Starts the count again (a retried transfer).
+    pub fn reset(&self) {
+        self.bar.set_position(0);
+    }
+
     /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();

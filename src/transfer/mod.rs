@@ -4,6 +4,9 @@
 //! Providers classify their own errors into [`Verdict::Retry`] (throttling, 5xx, timeouts, connection resets) and
 //! [`Verdict::Fail`] (access denied, validation); everything else about retrying, limiting and waiting lives here.
 
+pub mod http;
+pub mod stream;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

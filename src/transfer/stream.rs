@@ -1,0 +1,146 @@
+//! Streaming a [`Layout`] into an HTTP request body as it is read: a blocking thread reads the layout in chunks
+//! and hands them through a small bounded channel, so memory stays at a few chunks whatever the image size and no
+//! temporary file is written. Every chunk also goes through a [`ChunkSink`] (digests of the bytes sent).
+
+use std::io::Read;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::cancel::Cancel;
+use crate::format::Layout;
+use crate::image::ReadAt;
+
+/// Bytes per chunk handed to the HTTP client.
+pub const CHUNK: usize = 4 << 20;
+/// Chunks buffered between the reader and the connection.
+pub const DEPTH: usize = 4;
+
+/// Sees every chunk of a stream, in order, on the reading thread.
+pub trait ChunkSink: Send + 'static {
+    /// Called with each chunk before it is sent.
+    fn update(&mut self, chunk: &[u8]);
+}
+
+/// A running stream: the body to send, and the reader whose result is the sink and the byte count.
+#[derive(Debug)]
+pub struct LayoutStream<S> {
+    /// The chunks; an error item aborts the request.
+    pub body: mpsc::Receiver<std::io::Result<Bytes>>,
+    /// Finishes when the layout is read or the body was dropped.
+    pub reader: JoinHandle<std::io::Result<(S, u64)>>,
+}
+
+/// Starts reading `layout` over `source` on the blocking pool. Cancelling, or dropping the body, stops the reader.
+pub fn spawn<R, S>(layout: Arc<Layout>, source: Arc<R>, mut sink: S, cancel: Cancel) -> LayoutStream<S>
+where
+    R: ReadAt + ?Sized + 'static,
+    S: ChunkSink,
+{
+    let (tx, rx) = mpsc::channel(DEPTH);
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut reader = layout.reader(&*source);
+        let mut sent = 0u64;
+        loop {
+            if cancel.is_cancelled() {
+                let err = std::io::Error::new(std::io::ErrorKind::Interrupted, "interrupted");
+                let _ = tx.blocking_send(Err(std::io::Error::new(err.kind(), "interrupted")));
+                return Err(err);
+            }
+            let mut chunk = vec![0u8; CHUNK];
+            let mut filled = 0;
+            while filled < CHUNK {
+                match reader.read(&mut chunk[filled..]) {
+                    Ok(0) => break,
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
+                    }
+                }
+            }
+            if filled == 0 {
+                return Ok((sink, sent));
+            }
+            chunk.truncate(filled);
+            sink.update(&chunk);
+            sent += filled as u64;
+            if tx.blocking_send(Ok(Bytes::from(chunk))).is_err() {
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the request stopped taking data"));
+            }
+        }
+    });
+    LayoutStream { body: rx, reader }
+}
+
+/// The chunks of `body` as a request body stream; `on_chunk` sees each length as it is handed to the connection.
+pub fn body(
+    body: mpsc::Receiver<std::io::Result<Bytes>>,
+    on_chunk: impl Fn(u64) + Send + Sync + 'static,
+) -> reqwest::Body {
+    let stream = futures_util::stream::unfold((body, on_chunk), |(mut rx, on_chunk)| async move {
+        let item = rx.recv().await?;
+        if let Ok(chunk) = &item {
+            on_chunk(chunk.len() as u64);
+        }
+        Some((item, (rx, on_chunk)))
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    struct Collect(Vec<u8>);
+
+    impl ChunkSink for Collect {
+        fn update(&mut self, chunk: &[u8]) {
+            self.0.extend_from_slice(chunk);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_stream_yields_the_layout_and_the_sink_sees_the_same_bytes() {
+        let file = tempfile::tempfile().expect("temp file");
+        let data: Vec<u8> = (0..(CHUNK * 2 + 1000)).map(|i| (i % 251) as u8).collect();
+        file.write_all_at(&data, 0).expect("write");
+        let mut layout = Layout::new();
+        layout.bytes(b"head".to_vec());
+        layout.source(0, data.len() as u64);
+        layout.zeros(5000);
+        let expected: Vec<u8> = b"head".iter().copied().chain(data.iter().copied()).chain(vec![0u8; 5000]).collect();
+
+        let mut stream = spawn(Arc::new(layout), Arc::new(file), Collect(Vec::new()), Cancel::new());
+        let mut got = Vec::new();
+        let mut chunks = 0;
+        while let Some(chunk) = stream.body.recv().await {
+            let chunk = chunk.expect("no read error");
+            assert!(chunk.len() <= CHUNK);
+            got.extend_from_slice(&chunk);
+            chunks += 1;
+        }
+        let (sink, sent) = stream.reader.await.expect("join").expect("read");
+        assert_eq!(got, expected);
+        assert_eq!(sink.0, expected);
+        assert_eq!(sent, expected.len() as u64);
+        assert_eq!(chunks, 3);
+    }
+
+    #[tokio::test]
+    async fn cancelling_ends_the_body_with_an_error() {
+        let file = tempfile::tempfile().expect("temp file");
+        let mut layout = Layout::new();
+        layout.zeros(64 * CHUNK as u64);
+        let cancel = Cancel::new();
+        cancel.cancel();
+        let mut stream = spawn(Arc::new(layout), Arc::new(file), Collect(Vec::new()), cancel);
+        let first = stream.body.recv().await.expect("an item");
+        assert_eq!(first.unwrap_err().kind(), std::io::ErrorKind::Interrupted);
+        assert!(stream.reader.await.expect("join").is_err());
+    }
+}

@@ -4,7 +4,8 @@
 # It installs the tools the tests drive (qemu-img checks every image we write and qemu-io makes qcow2 zero
 # clusters; sfdisk, mkfs.ext4, mkfs.vfat and mtools build the GPT fixture images; objcopy, systemd-boot-efi's stub
 # and Debian's kernel build real UKIs, systemd-measure and pefile check their PCRs; pigz is a benchmark peer; moto
-# is the AWS emulator the tests start on 127.0.0.1), then runs `cargo test`.
+# is the AWS emulator the tests start on 127.0.0.1; Debian's glance-api is the OpenStack image service they start,
+# with curl to read it back and openssl to make a test CA), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +14,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 missing=()
 for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools \
     pigz:pigz objcopy:binutils /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
-    /usr/lib/systemd/systemd-measure:systemd dpkg-deb:dpkg; do
+    /usr/lib/systemd/systemd-measure:systemd dpkg-deb:dpkg glance-api:glance-api glance-manage:glance-api \
+    curl:curl openssl:openssl; do
     tool="${pair%%:*}" package="${pair##*:}"
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || [ -e "$tool" ] \
         || missing+=("$package")

@@ -128,18 +128,30 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
         }
         Provider::OpenStack => {
             let o = &cfg.openstack;
-            s.push(format!("convert {image} to qcow2"));
+            let cloud = o.cloud.clone().or_else(|| std::env::var("OS_CLOUD").ok()).unwrap_or_default();
+            s.push(format!("authenticate with cloud \"{cloud}\" from clouds.yaml and find its image endpoint"));
+            s.push(if o.replace {
+                format!("delete an existing image named \"{}\" of this project", o.image_name)
+            } else {
+                format!("stop if an image named \"{}\" exists (replace = false)", o.image_name)
+            });
             s.push(format!(
-                "create image \"{}\" in cloud \"{}\" (visibility {}, hidden {}, protected {}, min disk {} GB, min RAM {} MB)",
+                "create image \"{}\" ({}, bare, {}, hidden {}, min disk {} GB, min RAM {} MB, tags [{}])",
                 o.image_name,
-                o.cloud.as_deref().unwrap_or_default(),
-                o.visibility,
+                o.disk_format,
+                o.architecture,
                 o.hidden,
-                o.protected,
                 o.min_disk_gb,
-                o.min_ram_mb
+                o.min_ram_mb,
+                o.tags.join(", ")
             ));
-            s.push("upload the image data to Glance".to_string());
+            s.push(if o.disk_format == "qcow2" {
+                format!("stream {image} as qcow2 (data clusters only) to Glance, checking its sha512 and md5")
+            } else {
+                format!("stream {image} as raw to Glance, checking its sha512 and md5")
+            });
+            s.push(format!("wait up to {} for the image to become active", o.timeout));
+            s.push(format!("set visibility {} and protected {}", o.visibility, o.protected));
             s.push("print the Glance image ID".to_string());
         }
         Provider::File => {

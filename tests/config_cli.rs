@@ -81,7 +81,7 @@ fn go_readme_example_resolves_with_go_defaults() {
     assert_eq!(foo["gcp"]["imageFamily"], "my-image");
     assert_eq!(foo["openstack"]["imageName"], "my-image-2.0.7");
     assert_eq!(foo["openstack"]["minDiskGB"], 32);
-    assert_eq!(foo["openstack"]["visibility"], "public");
+    assert_eq!(foo["openstack"]["visibility"], "private", "the default is private, not the Go tool's public");
     assert!(foo["steps"].as_array().is_some_and(|s| !s.is_empty()));
 
     let bar = variant(&plan, "bar");

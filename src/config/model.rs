@@ -146,6 +146,47 @@ pub struct OpenStackConfig {
     pub min_ram_mb: i64,
     pub protected: bool,
     pub properties: BTreeMap<String, String>,
+    pub disk_format: String,
+    pub replace: bool,
+    pub architecture: String,
+    /// How long to wait for the image to become `active`, as a Go duration ("30m", "1h30m", "90s").
+    pub timeout: String,
+}
+
+impl OpenStackConfig {
+    /// `timeout` as a duration, if it is a valid Go duration.
+    pub fn timeout_duration(&self) -> Option<std::time::Duration> {
+        parse_go_duration(&self.timeout)
+    }
+}
+
+/// Parses a Go `time.Duration` string without sign: one or more decimal numbers with a unit each (`h`, `m`, `s`,
+/// `ms`), e.g. "30m", "1h30m", "1.5h", "90s".
+pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    if rest == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut seconds = 0f64;
+    while !rest.is_empty() {
+        let number_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        seconds += number * scale;
+    }
+    (seconds.is_finite() && seconds < 1e9).then(|| std::time::Duration::from_secs_f64(seconds))
 }
 
 /// `[….file]`, rendered.
@@ -441,6 +482,10 @@ pub fn resolve(
         min_ram_mb: r.int(OpenStack, "minRamMB"),
         protected: r.bool(OpenStack, "protected"),
         properties: r.map(OpenStack, "properties"),
+        disk_format: r.string(OpenStack, "diskFormat"),
+        replace: r.bool(OpenStack, "replace"),
+        architecture: r.string(OpenStack, "architecture"),
+        timeout: r.string(OpenStack, "timeout"),
     };
     let file = FileConfig {
         path: r.opt_string(File, "path").filter(|p| !p.is_empty()).map(|p| {
@@ -473,5 +518,24 @@ pub fn resolve(
             problems,
         )),
         _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn go_durations_parse_like_go() {
+        assert_eq!(parse_go_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1.5h"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        for bad in ["", "30", "m", "30 minutes", "-5m", "1d", "1h30"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
     }
 }

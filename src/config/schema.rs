@@ -178,13 +178,18 @@ pub const GCP_KEYS: &[KeySpec] = &[
 pub const OPENSTACK_KEYS: &[KeySpec] = &[
     key("cloud", Kind::String),
     tmpl("imageName", Some("\"{{.Name}}-{{.Version}}\"")),
-    with_default("visibility", Kind::String, "\"public\""),
+    // Not the Go tool's "public": Glance lets only admins publicize images, and nothing is public unless asked.
+    with_default("visibility", Kind::String, "\"private\""),
     with_default("hidden", Kind::Bool, "false"),
     with_default("tags", Kind::StringList, "[]"),
     with_default("minDiskGB", Kind::Integer, "0"),
     with_default("minRamMB", Kind::Integer, "0"),
     with_default("protected", Kind::Bool, "false"),
     with_default("properties", Kind::StringMap, "{}"),
+    with_default("diskFormat", Kind::String, "\"qcow2\""),
+    with_default("replace", Kind::Bool, "true"),
+    with_default("architecture", Kind::String, "\"x86_64\""),
+    with_default("timeout", Kind::String, "\"30m\""),
 ];
 
 /// Keys of `[….file]`: a local export (e.g. into a libvirt directory pool).

@@ -347,7 +347,10 @@ impl Checker<'_> {
     fn openstack(&mut self) {
         let o = &self.cfg.openstack;
         use Section::OpenStack;
-        self.required(OpenStack, "cloud", o.cloud.as_deref());
+        // Like every OpenStack client, OS_CLOUD names the cloud when the config does not.
+        if std::env::var("OS_CLOUD").map_or(true, |c| c.is_empty()) {
+            self.required(OpenStack, "cloud", o.cloud.as_deref());
+        }
         const VISIBILITY: [&str; 4] = ["public", "private", "shared", "community"];
         if !VISIBILITY.contains(&o.visibility.as_str()) {
             self.fail(
@@ -363,6 +366,80 @@ impl Checker<'_> {
             if !(0..=i64::from(i32::MAX)).contains(&value) {
                 self.fail(OpenStack, key, format!("{key} must be between 0 and {}, is {value}", i32::MAX));
             }
+        }
+        const DISK_FORMATS: [&str; 2] = ["qcow2", "raw"];
+        if !DISK_FORMATS.contains(&o.disk_format.as_str()) {
+            self.fail(
+                OpenStack,
+                "diskFormat",
+                format!("diskFormat \"{}\" must be \"qcow2\" or \"raw\"", o.disk_format),
+            );
+        }
+        // Nova's names for the architectures images are commonly built for (nova.objects.fields.Architecture).
+        const ARCHITECTURES: [&str; 7] = ["x86_64", "aarch64", "i686", "ppc64le", "s390x", "riscv64", "armv7l"];
+        if !ARCHITECTURES.contains(&o.architecture.as_str()) {
+            let hint = match o.architecture.as_str() {
+                "amd64" | "x64" | "X86_64" => " (OpenStack calls it \"x86_64\")",
+                "arm64" | "Arm64" | "ARM64" => " (OpenStack calls it \"aarch64\")",
+                _ => "",
+            };
+            self.fail(
+                OpenStack,
+                "architecture",
+                format!("architecture \"{}\"{hint} must be one of {}", o.architecture, ARCHITECTURES.join(", ")),
+            );
+        }
+        if let Some(set) = o.properties.get("hw_architecture")
+            && *set != o.architecture
+        {
+            self.fail(
+                OpenStack,
+                "properties",
+                format!(
+                    "properties.hw_architecture \"{set}\" contradicts architecture \"{}\"; set `architecture` only",
+                    o.architecture
+                ),
+            );
+        }
+        // Glance refuses these as properties: they are the image's own attributes, set through their keys.
+        const RESERVED: [&str; 22] = [
+            "id",
+            "name",
+            "status",
+            "visibility",
+            "protected",
+            "os_hidden",
+            "tags",
+            "min_disk",
+            "min_ram",
+            "disk_format",
+            "container_format",
+            "size",
+            "virtual_size",
+            "checksum",
+            "os_hash_algo",
+            "os_hash_value",
+            "owner",
+            "created_at",
+            "updated_at",
+            "locations",
+            "direct_url",
+            "stores",
+        ];
+        for key in o.properties.keys().filter(|k| RESERVED.contains(&k.as_str())) {
+            self.fail(
+                OpenStack,
+                "properties",
+                format!("property \"{key}\" is a reserved image attribute in Glance; use uplosi's own key for it"),
+            );
+        }
+        match o.timeout_duration() {
+            Some(d) if !d.is_zero() => {}
+            _ => self.fail(
+                OpenStack,
+                "timeout",
+                format!("timeout \"{}\" is not a positive duration like \"30m\", \"1h\" or \"90s\"", o.timeout),
+            ),
         }
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod file;
+pub mod openstack;
 
 use thiserror::Error;
 
@@ -28,6 +29,9 @@ pub enum ProviderError {
     /// The local file export failed.
     #[error(transparent)]
     File(#[from] file::FileError),
+    /// OpenStack failed.
+    #[error(transparent)]
+    OpenStack(#[from] openstack::OpenStackError),
     /// This build cannot upload to the provider.
     #[error(
         "uploading to {provider} is not available in this version of uplosi ({variant}); nothing was uploaded. \
@@ -47,6 +51,7 @@ impl ProviderError {
         match self {
             ProviderError::Aws(e) => matches!(e, aws::AwsError::Interrupted),
             ProviderError::File(e) => e.is_interrupted(),
+            ProviderError::OpenStack(e) => matches!(e, openstack::OpenStackError::Interrupted),
             ProviderError::Unavailable { .. } => false,
         }
     }
@@ -55,6 +60,7 @@ impl ProviderError {
     pub fn is_usage(&self) -> bool {
         match self {
             ProviderError::File(e) => e.is_usage(),
+            ProviderError::OpenStack(e) => e.is_usage(),
             ProviderError::Unavailable { .. } => true,
             ProviderError::Aws(_) => false,
         }
@@ -63,7 +69,7 @@ impl ProviderError {
 
 /// Fails before any work if a provider of `variants` cannot be uploaded to by this build.
 pub fn check_supported(variants: &[VariantConfig]) -> Result<(), ProviderError> {
-    match variants.iter().find(|v| !matches!(v.provider, Provider::Aws | Provider::File)) {
+    match variants.iter().find(|v| !matches!(v.provider, Provider::Aws | Provider::File | Provider::OpenStack)) {
         Some(v) => Err(ProviderError::Unavailable { provider: v.provider.as_str(), variant: v.label() }),
         None => Ok(()),
     }
@@ -74,6 +80,7 @@ pub async fn preflight(cfg: &VariantConfig) -> Result<(), ProviderError> {
     match cfg.provider {
         Provider::Aws => Ok(aws::preflight(cfg).await?),
         Provider::File => Ok(file::preflight(cfg)?),
+        Provider::OpenStack => Ok(openstack::preflight(cfg).await?),
         other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
     }
 }
@@ -87,6 +94,7 @@ pub async fn upload(
     match cfg.provider {
         Provider::Aws => Ok(aws::upload(cfg, image, options).await?),
         Provider::File => Ok(file::upload(cfg, image, options).await?),
+        Provider::OpenStack => Ok(openstack::upload(cfg, image, options).await?),
         other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
     }
 }

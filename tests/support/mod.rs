@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+pub mod glance;
 pub mod moto;
 pub mod uki;
 
@@ -53,7 +54,7 @@ impl Workspace {
     pub fn uplosi(&self) -> Command {
         let mut cmd = Command::cargo_bin("uplosi").expect("binary");
         cmd.current_dir(self.path());
-        cmd.env_remove("RUST_LOG");
+        cmd.env_remove("RUST_LOG").env_remove("OS_CLOUD");
         cmd
     }
 

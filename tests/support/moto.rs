@@ -31,12 +31,14 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }
 
-fn wait_listening(port: u16, child: &mut Child, what: &str) {
+/// Waits until `child` accepts connections on `port`, failing if it exits first.
+pub fn wait_listening(port: u16, child: &mut Child, what: &str) {
     let started = Instant::now();
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {

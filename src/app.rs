@@ -14,6 +14,8 @@ use crate::image::{ImageError, SourceImage};
 use crate::measure::{self, MeasureError};
 use crate::plan;
 use crate::provider::{self, ProviderError, UploadOptions};
+use crate::release::{self, RunOptions};
+use crate::report::{Manifest, ReportError, Status, VariantReport};
 use crate::version::{self, ImageVersion, VersionError};
 
 /// Why a command failed. [`AppError::exit_code`] maps it to the documented exit codes.
@@ -57,6 +59,12 @@ pub enum AppError {
     /// Writing to stdout failed.
     #[error("cannot write to stdout: {0}")]
     Stdout(std::io::Error),
+    /// Reading or writing the manifest failed.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// Ctrl-C or SIGTERM stopped the run; every variant cleaned up after itself.
+    #[error("interrupted; what the run created was removed (see the log above) and no version file was changed")]
+    Interrupted,
 }
 
 impl AppError {
@@ -71,6 +79,8 @@ impl AppError {
             AppError::Provider(e) if e.is_interrupted() => 130,
             AppError::Provider(e) if e.is_usage() => 2,
             AppError::Measure(e) if e.is_usage() => 2,
+            AppError::Report(ReportError::Read { .. } | ReportError::Parse { .. }) => 2,
+            AppError::Interrupted => 130,
             _ => 1,
         }
     }
@@ -106,7 +116,7 @@ fn version_files(variants: &[VariantConfig]) -> BTreeMap<PathBuf, ImageVersion> 
 fn upload(args: &UploadArgs) -> Result<(), AppError> {
     let image = SourceImage::open(&args.image)?;
     let config = Config::load(&args.config_dir)?;
-    let variants = config.resolve_selected(&args.enable_variant_glob, &args.disable_variant_glob)?;
+    let mut variants = config.resolve_selected(&args.enable_variant_glob, &args.disable_variant_glob)?;
     let bumps = version_files(&variants);
     if args.increment_version && bumps.is_empty() {
         return Err(AppError::Usage(
@@ -115,6 +125,10 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
                 .to_string(),
         ));
     }
+    let previous = match &args.retry_failed {
+        Some(path) => Some(select_retry(path, &mut variants)?),
+        None => None,
+    };
 
     if args.dry_run {
         let plan = plan::plan(&variants, &args.image);
@@ -132,56 +146,118 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         return Ok(());
     }
 
-    // Every provider and every credential is checked before the first byte moves, so a run does not stop half-way
-    // for a reason that was knowable up front.
     provider::check_supported(&variants)?;
     write_configured_measurements(&variants, &image)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
-    let options = UploadOptions { concurrency: args.concurrency as usize, cancel: Cancel::on_signals() };
-    let results = runtime.block_on(async {
-        for cfg in &variants {
-            provider::preflight(cfg).await?;
-        }
-        // Variants upload in parallel; each keeps its own order of steps.
-        let uploads = variants.iter().map(|cfg| provider::upload(cfg, &image, &options));
-        Ok::<_, ProviderError>(futures_util::future::join_all(uploads).await)
-    })?;
+    let cancel = Cancel::on_signals();
+    let options = RunOptions {
+        jobs: args.jobs.map_or(variants.len(), |j| j as usize).max(1),
+        fail_fast: args.fail_fast,
+        upload: UploadOptions { concurrency: args.concurrency as usize, cancel: cancel.clone() },
+    };
+    let outcomes = runtime.block_on(release::run(&variants, &image, &options))?;
 
-    let mut references = Vec::new();
-    let mut failures = Vec::new();
-    for (cfg, result) in variants.iter().zip(results) {
-        match result {
-            Ok(refs) => references.extend(refs.into_iter().map(|r| (cfg, r))),
-            Err(e) => failures.push((cfg.label(), e)),
+    let mut reports: Vec<VariantReport> = variants
+        .iter()
+        .zip(&outcomes)
+        .map(|(cfg, o)| VariantReport::new(cfg.variant.clone(), cfg.provider, o.status, &o.references, o.message()))
+        .collect();
+    let version = match (&previous, variants.first()) {
+        (Some(previous), _) => previous.version.clone(),
+        (None, Some(cfg)) => cfg.image_version.to_string(),
+        (None, None) => String::new(),
+    };
+    if let Some(previous) = &previous {
+        // The earlier run's successes stay in the manifest, in their order; the retried variants replace their
+        // entries.
+        let mut merged: Vec<VariantReport> = previous
+            .variants
+            .iter()
+            .map(|old| match reports.iter().position(|r| r.variant == old.variant) {
+                Some(i) => reports.remove(i),
+                None => old.clone(),
+            })
+            .collect();
+        merged.append(&mut reports);
+        reports = merged;
+    }
+    let mut manifest = Manifest::new(version, reports);
+
+    let mut bump_error = None;
+    if args.increment_version && manifest.all_ok() && !cancel.is_signalled() {
+        for (file, current) in &bumps {
+            let written = current.bump(args.bump).and_then(|next| {
+                version::write_version_file(file, next)?;
+                tracing::info!("version file {}: {current} -> {next}", file.display());
+                Ok(())
+            });
+            if let Err(e) = written {
+                bump_error.get_or_insert(e);
+            }
         }
+        manifest.version_bumped = bump_error.is_none();
+    } else if args.increment_version {
+        tracing::warn!("not incrementing the version: not every variant succeeded");
+    }
+
+    if let Some(path) = &args.manifest {
+        manifest.write(path)?;
+        tracing::info!("manifest written to {}", path.display());
     }
     let stdout = match args.output {
-        OutputFormat::Text => references.iter().map(|(_, r)| format!("{r}\n")).collect::<String>(),
-        OutputFormat::Json => {
-            let list: Vec<serde_json::Value> = references
-                .iter()
-                .map(|(cfg, r)| serde_json::json!({"variant": cfg.variant, "provider": cfg.provider, "reference": r}))
-                .collect();
-            serde_json::to_string_pretty(&serde_json::json!({ "references": list }))
-                .map_err(|e| AppError::Stdout(e.into()))?
-                + "\n"
-        }
+        OutputFormat::Text => manifest.text(),
+        OutputFormat::Json => manifest.json(),
     };
     std::io::stdout().write_all(stdout.as_bytes()).map_err(AppError::Stdout)?;
+
+    if cancel.is_signalled() {
+        return Err(AppError::Interrupted);
+    }
+    let mut failures: Vec<(String, ProviderError)> =
+        variants.iter().zip(outcomes).filter_map(|(cfg, o)| Some((cfg.label(), o.error?))).collect();
     match failures.len() {
         0 => {}
         1 => return Err(AppError::Provider(failures.remove(0).1)),
         _ => return Err(AppError::Variants(failures)),
     }
+    match bump_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
 
-    if args.increment_version {
-        for (file, current) in &bumps {
-            let next = current.bump(args.bump)?;
-            version::write_version_file(file, next)?;
-            tracing::info!("version file {}: {current} -> {next}", file.display());
+/// Keeps the variants that failed or were skipped in the manifest at `path`, checking that the manifest fits the
+/// configuration and the version files still hold its version; returns the manifest.
+fn select_retry(path: &std::path::Path, variants: &mut Vec<VariantConfig>) -> Result<Manifest, AppError> {
+    let previous = Manifest::read(path)?;
+    for entry in previous.variants.iter().filter(|e| e.status != Status::Ok) {
+        if !variants.iter().any(|v| v.variant == entry.variant) {
+            return Err(AppError::Usage(format!(
+                "{} lists variant {} as {:?}, but the configuration (with the variant globs) has no such variant",
+                path.display(),
+                entry.variant.as_deref().unwrap_or("[base]"),
+                entry.status
+            )));
         }
     }
-    Ok(())
+    variants.retain(|v| previous.variant(v.variant.as_deref()).is_some_and(|e| e.status != Status::Ok));
+    if let Some(v) = variants.iter().find(|v| v.image_version.to_string() != previous.version) {
+        return Err(AppError::Usage(format!(
+            "{} was written for version {}, but {} is now at version {}; --retry-failed re-runs the same version \
+             (restore the version file, or run a normal upload)",
+            path.display(),
+            previous.version,
+            v.label(),
+            v.image_version
+        )));
+    }
+    if variants.is_empty() {
+        tracing::info!("{}: every variant succeeded already; nothing to retry", path.display());
+    } else {
+        let names: Vec<String> = variants.iter().map(VariantConfig::label).collect();
+        tracing::info!("retrying {} from {}", names.join(", "), path.display());
+    }
+    Ok(previous)
 }
 
 /// `uplosi measurements`; the summary goes to stderr as the Go tool prints it, unless `-q`.

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 #[derive(Clone, Debug, Default)]
 pub struct Cancel {
     flag: Arc<AtomicBool>,
+    /// Raised only by a signal, so a run stopped by `--fail-fast` is told apart from Ctrl-C.
+    signalled: Arc<AtomicBool>,
 }
 
 impl Cancel {
@@ -22,8 +24,9 @@ impl Cancel {
         for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             // Registration fails only for forbidden signals, which these are not; without it, the default
             // handler (terminate) stays, which is safe, just less tidy.
-            let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&cancel.flag));
+            let _ = signal_hook::flag::register_conditional_shutdown(signal, 130, Arc::clone(&cancel.signalled));
             let _ = signal_hook::flag::register(signal, Arc::clone(&cancel.flag));
+            let _ = signal_hook::flag::register(signal, Arc::clone(&cancel.signalled));
         }
         cancel
     }
@@ -36,6 +39,11 @@ impl Cancel {
     /// Whether the flag is raised.
     pub fn is_cancelled(&self) -> bool {
         self.flag.load(Ordering::Relaxed)
+    }
+
+    /// Whether SIGINT or SIGTERM raised the flag (rather than [`Cancel::cancel`]).
+    pub fn is_signalled(&self) -> bool {
+        self.signalled.load(Ordering::Relaxed)
     }
 
     /// Resolves once the flag is raised (checked every 100 ms), to race against a request with `tokio::select!`.

@@ -127,6 +127,24 @@ pub struct UploadArgs {
     /// Parallel block uploads per variant (EBS blocks are 512 KiB each).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
+
+    /// Variants uploading at the same time. Default: all of them.
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// Stop the other variants (they remove what they created) as soon as one fails. Default: the others finish.
+    #[arg(long)]
+    pub fail_fast: bool,
+
+    /// Also write the run's JSON manifest (what `--output json` prints: references, version, per-variant status,
+    /// regions and errors) to FILE, atomically, even when variants fail.
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
+
+    /// Re-run only the variants that failed or were skipped in MANIFEST (written by --manifest), for the same
+    /// version; the new manifest keeps the earlier successes.
+    #[arg(long, value_name = "MANIFEST")]
+    pub retry_failed: Option<PathBuf>,
 }
 
 /// Arguments of `uplosi convert`.

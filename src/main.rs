@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 use uplosi::cli::{Cli, normalize_args};
 
 fn main() -> ExitCode {
@@ -21,18 +20,12 @@ fn main() -> ExitCode {
         _ => "trace",
     };
     uplosi::progress::set_quiet(cli.quiet);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("uplosi={level},warn")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(uplosi::progress::LogWriter)
-        .with_target(false)
-        .without_time()
-        .init();
+    uplosi::logging::init(level);
 
     match uplosi::app::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", uplosi::logging::redact(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

@@ -3,7 +3,8 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -22,7 +23,10 @@ pub struct LogWriter;
 
 impl std::io::Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        bars().suspend(|| std::io::stderr().write_all(buf)).map(|()| buf.len())
+        // Each call is one formatted event; secrets are masked whatever the verbosity.
+        let text = String::from_utf8_lossy(buf);
+        let line = crate::logging::redact(&text);
+        bars().suspend(|| std::io::stderr().write_all(line.as_bytes())).map(|()| buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -43,17 +47,29 @@ pub fn set_quiet(quiet: bool) {
     QUIET.store(quiet, Ordering::Relaxed);
 }
 
-/// A byte-counting progress bar; hidden when not on a terminal. Cheap to clone and safe to share.
+/// How often a transfer reports its progress as a log line when stderr is not a terminal (CI logs).
+pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A byte-counting progress bar; on a terminal a bar, otherwise a log line at most every [`LOG_INTERVAL`] (in the
+/// span it was created in, so the line names its variant). Cheap to clone and safe to share.
 #[derive(Clone, Debug)]
 pub struct Progress {
     bar: ProgressBar,
+    /// For log lines: the creating span and when the last line was written; `None` on a terminal or with `-q`.
+    log: Option<Arc<(tracing::Span, Mutex<Instant>)>>,
 }
 
 impl Progress {
     /// A bar for `total` bytes labelled `label`.
     pub fn bytes(total: u64, label: &str) -> Self {
-        let visible = !QUIET.load(Ordering::Relaxed) && std::io::stderr().is_terminal();
-        let bar = if visible { ProgressBar::new(total) } else { ProgressBar::hidden() };
+        let quiet = QUIET.load(Ordering::Relaxed);
+        let visible = !quiet && std::io::stderr().is_terminal();
+        // A hidden bar still counts, so rate and ETA are there for the log lines.
+        let bar = if visible {
+            ProgressBar::new(total)
+        } else {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
+        };
         if visible {
             // Variants upload in parallel: their bars stack instead of overwriting each other.
             bars().add(bar.clone());
@@ -64,12 +80,38 @@ impl Progress {
             }
         }
         bar.set_message(label.to_string());
-        Self { bar }
+        let log = (!visible && !quiet).then(|| Arc::new((tracing::Span::current(), Mutex::new(Instant::now()))));
+        Self { bar, log }
+    }
+
+    /// Writes a log line if the last one is [`LOG_INTERVAL`] old.
+    fn maybe_log(&self) {
+        let Some(log) = &self.log else { return };
+        let (span, last) = &**log;
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < LOG_INTERVAL {
+            return;
+        }
+        *last = Instant::now();
+        let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0).max(1));
+        let mib = |b: f64| b / f64::from(1u32 << 20);
+        span.in_scope(|| {
+            tracing::info!(
+                "{}: {:.1} of {:.1} MiB ({}%), {:.1} MiB/s, eta {} s",
+                self.bar.message(),
+                mib(done as f64),
+                mib(total as f64),
+                done * 100 / total,
+                mib(self.bar.per_sec()),
+                self.bar.eta().as_secs()
+            )
+        });
     }
 
     /// Adds `n` bytes.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);
+        self.maybe_log();
     }
 
     /// Starts the count again (a retried transfer).

@@ -8,7 +8,7 @@ use std::path::Path;
 use support::fixtures;
 use support::moto::{self, ACCOUNT};
 
-use moto::{BLOCK, assert_snapshot_equals_image, snapshot_blocks};
+use moto::{BLOCK, assert_snapshot_equals_image, images_named, snapshot_blocks};
 
 fn config(extra_aws: &str) -> String {
     format!(
@@ -84,18 +84,6 @@ async fn snapshots_named(conf: &aws_config::SdkConfig, name: &str) -> Vec<String
         .await
         .unwrap();
     out.snapshots().iter().map(|s| s.snapshot_id().unwrap().to_string()).collect()
-}
-
-async fn images_named(conf: &aws_config::SdkConfig, name: &str) -> Vec<aws_sdk_ec2::types::Image> {
-    let ec2 = aws_sdk_ec2::Client::new(conf);
-    let out = ec2
-        .describe_images()
-        .owners("self")
-        .filters(aws_sdk_ec2::types::Filter::builder().name("name").values(name).build())
-        .send()
-        .await
-        .unwrap();
-    out.images().to_vec()
 }
 
 #[test]

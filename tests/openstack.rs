@@ -323,11 +323,12 @@ fn ctrl_c_mid_upload_exits_130_and_deletes_the_record() {
 #[test]
 fn glance_dying_mid_upload_fails_with_exit_1_and_leaves_no_record() {
     let mut glance = Glance::start();
-    let keystone = Keystone::start(&glance, 0.15);
+    // About 15 s for the 48 MiB: long enough for a progress line (every 10 s when stderr is not a terminal).
+    let keystone = Keystone::start(&glance, 0.3);
     let dir = tempfile::tempdir().expect("temp dir");
     let (ws, mut child) = start_slow_upload(&keystone, dir.path());
     let id = wait_saving(&glance, &mut child);
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_secs(11));
     // A crash: the record stays `saving` in the database, which no retry can fix; the restarted service lets
     // uplosi delete it.
     glance.kill();
@@ -337,6 +338,7 @@ fn glance_dying_mid_upload_fails_with_exit_1_and_leaves_no_record() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty());
     assert!(stderr.contains(&format!("deleted the unfinished image {id}")), "{stderr}");
+    assert!(stderr.lines().any(|l| l.contains("INFO glance: ") && l.contains("MiB/s, eta")), "progress: {stderr}");
     assert_eq!(glance.images().expect("list"), Vec::<serde_json::Value>::new());
     assert_eq!(ws.read("version.txt").trim(), "1.2.3");
 }

@@ -12,7 +12,7 @@ use super::template::{self, TemplateData};
 use crate::version::ImageVersion;
 
 /// The cloud a variant goes to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// Amazon Web Services.

@@ -20,6 +20,22 @@ pub struct UploadOptions {
     pub cancel: Cancel,
 }
 
+/// One reference a variant printed: an AMI ARN, a Glance image ID, a file path, …
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Reference {
+    /// The region (or cloud region) it lives in, if the provider has regions.
+    pub region: Option<String>,
+    /// The reference exactly as the Go tool prints it.
+    pub value: String,
+}
+
+impl Reference {
+    /// A reference without a region.
+    pub fn global(value: impl Into<String>) -> Self {
+        Self { region: None, value: value.into() }
+    }
+}
+
 /// Why an upload failed.
 #[derive(Debug, Error)]
 pub enum ProviderError {
@@ -90,10 +106,15 @@ pub async fn upload(
     cfg: &VariantConfig,
     image: &SourceImage,
     options: &UploadOptions,
-) -> Result<Vec<String>, ProviderError> {
+) -> Result<Vec<Reference>, ProviderError> {
     match cfg.provider {
-        Provider::Aws => Ok(aws::upload(cfg, image, options).await?),
-        Provider::File => Ok(file::upload(cfg, image, options).await?),
+        // An AMI ARN names its region: arn:PARTITION:ec2:REGION:ACCOUNT:image/AMI.
+        Provider::Aws => Ok(aws::upload(cfg, image, options)
+            .await?
+            .into_iter()
+            .map(|arn| Reference { region: arn.split(':').nth(3).map(str::to_string), value: arn })
+            .collect()),
+        Provider::File => Ok(file::upload(cfg, image, options).await?.into_iter().map(Reference::global).collect()),
         Provider::OpenStack => Ok(openstack::upload(cfg, image, options).await?),
         other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
     }

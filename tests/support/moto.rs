@@ -165,3 +165,16 @@ pub fn assert_snapshot_equals_image(endpoint: &str, snapshot: &str, image: &Path
     }
     stored.len()
 }
+
+/// The AMIs of this account named `name`.
+pub async fn images_named(conf: &aws_config::SdkConfig, name: &str) -> Vec<aws_sdk_ec2::types::Image> {
+    let ec2 = aws_sdk_ec2::Client::new(conf);
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .expect("DescribeImages");
+    out.images().to_vec()
+}

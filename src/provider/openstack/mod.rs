@@ -23,7 +23,7 @@ use crate::config::{OpenStackConfig, VariantConfig};
 use crate::format::{self, Layout};
 use crate::image::{ImageError, SourceImage};
 use crate::progress::Progress;
-use crate::provider::UploadOptions;
+use crate::provider::{Reference, UploadOptions};
 use crate::transfer::http::{self, TlsOptions};
 use crate::transfer::stream::{self, ChunkSink};
 use crate::transfer::{RetryPolicy, Stopped, Verdict, poll_until};
@@ -167,7 +167,7 @@ pub async fn upload(
     cfg: &VariantConfig,
     image: &SourceImage,
     options: &UploadOptions,
-) -> Result<Vec<String>, OpenStackError> {
+) -> Result<Vec<Reference>, OpenStackError> {
     let o = &cfg.openstack;
     let target = connect(cfg).await?;
     let layout = build_layout(image, &o.disk_format, options).await?;
@@ -185,7 +185,7 @@ pub async fn upload(
         o.disk_format
     );
     match fill(&target, &record.id, o, image, layout, options).await {
-        Ok(()) => Ok(vec![record.id]),
+        Ok(()) => Ok(vec![Reference { region: target.cloud.region_name.clone(), value: record.id }]),
         Err(e) => {
             remove_unfinished(&target.glance, &record.id).await;
             Err(e)

@@ -1,0 +1,159 @@
+//! The release run: every selected variant is checked first (all at once), then uploaded concurrently, at most
+//! `--jobs` at a time. A failing variant does not stop the others unless `--fail-fast`; each variant's log lines
+//! carry its name.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use tokio::sync::Semaphore;
+use tracing::Instrument;
+
+use crate::config::VariantConfig;
+use crate::image::SourceImage;
+use crate::provider::{self, ProviderError, Reference, UploadOptions};
+use crate::report::Status;
+
+/// How variants are scheduled.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Variants uploading at the same time (at least 1).
+    pub jobs: usize,
+    /// Stop the other variants (they clean up) as soon as one fails.
+    pub fail_fast: bool,
+    /// What each provider gets; its `cancel` is raised by Ctrl-C and by `--fail-fast`.
+    pub upload: UploadOptions,
+}
+
+/// How one variant ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Ok, failed or skipped.
+    pub status: Status,
+    /// The references of a successful variant.
+    pub references: Vec<Reference>,
+    /// The error of a failed variant.
+    pub error: Option<ProviderError>,
+    /// Why a variant was skipped or stopped by someone else's failure.
+    pub note: Option<String>,
+}
+
+impl Outcome {
+    fn skipped(note: &str) -> Self {
+        Outcome { status: Status::Skipped, references: Vec::new(), error: None, note: Some(note.to_string()) }
+    }
+
+    fn failed(error: ProviderError) -> Self {
+        Outcome { status: Status::Failed, references: Vec::new(), error: Some(error), note: None }
+    }
+
+    /// The message the manifest records.
+    pub fn message(&self) -> Option<String> {
+        match (&self.error, &self.note) {
+            (Some(e), Some(note)) => Some(format!("{note}: {e}")),
+            (Some(e), None) => Some(e.to_string()),
+            (None, note) => note.clone(),
+        }
+    }
+}
+
+/// The span every log line of a variant is recorded in; the log format prints its name first (the unnamed
+/// `[base]` variant is the only one, so its lines need no name).
+pub fn span(cfg: &VariantConfig) -> tracing::Span {
+    let name = cfg.variant.clone().unwrap_or_default();
+    tracing::info_span!("variant", name = %name)
+}
+
+/// Checks every variant, then uploads those that passed. Returns `Err` only for problems the user must fix that a
+/// check found before anything was done (exit code 2); everything else is an [`Outcome`], in the order of
+/// `variants`.
+pub async fn run(
+    variants: &[VariantConfig],
+    image: &SourceImage,
+    options: &RunOptions,
+) -> Result<Vec<Outcome>, ProviderError> {
+    let cancel = &options.upload.cancel;
+    // Every provider and credential is checked before the first byte moves, so a run does not stop half-way for a
+    // reason that was knowable up front. The checks are independent, so they run together.
+    let checks = join_all(variants.iter().map(|cfg| provider::preflight(cfg).instrument(span(cfg)))).await;
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(variants.len());
+    let mut usage = None;
+    for (cfg, check) in variants.iter().zip(checks) {
+        match check {
+            Ok(()) => outcomes.push(None),
+            Err(e) if e.is_usage() => {
+                usage.get_or_insert(e);
+                outcomes.push(None);
+            }
+            Err(e) => {
+                let _enter = span(cfg).entered();
+                tracing::error!("check failed, not uploading: {e}");
+                outcomes.push(Some(Outcome::failed(e)));
+            }
+        }
+    }
+    if let Some(e) = usage {
+        return Err(e);
+    }
+    if options.fail_fast && outcomes.iter().any(Option::is_some) {
+        return Ok(outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| Outcome::skipped("not started: another variant failed its check (--fail-fast)"))
+            })
+            .collect());
+    }
+
+    let permits = Arc::new(Semaphore::new(options.jobs.max(1)));
+    let uploads = variants.iter().zip(&outcomes).map(|(cfg, checked)| {
+        let permits = Arc::clone(&permits);
+        let failed_check = checked.is_some();
+        async move {
+            if failed_check {
+                return None;
+            }
+            // The semaphore is never closed, so acquiring only waits.
+            let _permit = permits.acquire_owned().await.ok();
+            if cancel.is_cancelled() {
+                let why = if cancel.is_signalled() {
+                    "not started: interrupted"
+                } else {
+                    "not started: another variant failed (--fail-fast)"
+                };
+                return Some(Outcome::skipped(why));
+            }
+            tracing::info!("uploading to {}", cfg.provider.as_str());
+            let outcome = match provider::upload(cfg, image, &options.upload).await {
+                Ok(references) => {
+                    tracing::info!(
+                        "done: {}",
+                        references.iter().map(|r| r.value.as_str()).collect::<Vec<_>>().join(" ")
+                    );
+                    Outcome { status: Status::Ok, references, error: None, note: None }
+                }
+                Err(e) if e.is_interrupted() && !cancel.is_signalled() => {
+                    tracing::warn!("stopped because another variant failed (--fail-fast); cleaned up");
+                    Outcome {
+                        note: Some("stopped because another variant failed (--fail-fast)".into()),
+                        ..Outcome::failed(e)
+                    }
+                }
+                Err(e) => {
+                    tracing::error!("failed: {e}");
+                    if options.fail_fast && !e.is_interrupted() {
+                        tracing::warn!("--fail-fast: stopping the other variants");
+                        cancel.cancel();
+                    }
+                    Outcome::failed(e)
+                }
+            };
+            Some(outcome)
+        }
+        .instrument(span(cfg))
+    });
+    let results = join_all(uploads).await;
+    Ok(outcomes
+        .into_iter()
+        .zip(results)
+        .map(|(checked, uploaded)| checked.or(uploaded).unwrap_or_else(|| Outcome::skipped("not run")))
+        .collect())
+}

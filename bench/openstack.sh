@@ -19,22 +19,11 @@ if [ $# -ge 1 ]; then WORK="$1"; mkdir -p "$WORK"; else WORK="$(mktemp -d)"; tra
 IMG="$WORK/system.raw"
 [ -f "$IMG" ] || bench/make-image.sh "$IMG"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 600); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
-
-G="$WORK/glance"
-rm -rf "$G" && mkdir -p "$G/images" "$G/lock"
-PORT=$(free_port)
-sed -e "s|@DIR@|$G|g" -e "s|@PORT@|$PORT|g" -e "s|@SIZE_CAP@|1099511627776|g" \
-    tests/support/glance/glance-api.conf > "$G/glance-api.conf"
-cp tests/support/glance/policy.yaml tests/support/glance/glance-api-paste.ini "$G/"
-glance-manage --config-file "$G/glance-api.conf" db_sync >/dev/null 2>&1
-glance-api --config-file "$G/glance-api.conf" >/dev/null 2>&1 &
-GLANCE=$!
+. bench/glance.sh
+start_glance "$WORK/glance"
 stop() { kill "$GLANCE" 2>/dev/null || true; wait "$GLANCE" 2>/dev/null || true; }
 trap 'stop; [ $# -ge 1 ] || rm -rf "$WORK"' EXIT
-URL="http://127.0.0.1:$PORT"
-wait_http "$URL/v2/images"
+URL="$GLANCE_URL"
 
 cd "$WORK"
 cat > clouds.yaml <<YAML

@@ -195,6 +195,7 @@ pub fn convert_image(
         .suffix(".uplosi-tmp")
         .tempfile_in(&dir)
         .map_err(|source| ConvertError::CreateTemp { dir: dir.clone(), source })?;
+    let _temporary = crate::cancel::track(format!("temporary file {}", temp.path().display()));
     let format_err = |source| ConvertError::Format { input: input.to_path_buf(), output: output.to_path_buf(), source };
 
     let write = || -> Result<(), FormatError> {

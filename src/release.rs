@@ -137,6 +137,10 @@ pub async fn run(
                         ..Outcome::failed(e)
                     }
                 }
+                Err(e) if e.is_interrupted() => {
+                    tracing::warn!("interrupted; what this variant created was removed");
+                    Outcome::failed(e)
+                }
                 Err(e) => {
                     tracing::error!("failed: {e}");
                     if options.fail_fast && !e.is_interrupted() {

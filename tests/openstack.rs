@@ -323,12 +323,13 @@ fn ctrl_c_mid_upload_exits_130_and_deletes_the_record() {
 #[test]
 fn glance_dying_mid_upload_fails_with_exit_1_and_leaves_no_record() {
     let mut glance = Glance::start();
-    // About 15 s for the 48 MiB: long enough for a progress line (every 10 s when stderr is not a terminal).
-    let keystone = Keystone::start(&glance, 0.3);
+    // About 25 s for the 48 MiB (minus what socket buffers hold): long enough for a progress line (every 10 s
+    // when stderr is not a terminal) before the crash at 13 s.
+    let keystone = Keystone::start(&glance, 0.5);
     let dir = tempfile::tempdir().expect("temp dir");
     let (ws, mut child) = start_slow_upload(&keystone, dir.path());
     let id = wait_saving(&glance, &mut child);
-    std::thread::sleep(Duration::from_secs(11));
+    std::thread::sleep(Duration::from_secs(13));
     // A crash: the record stays `saving` in the database, which no retry can fix; the restarted service lets
     // uplosi delete it.
     glance.kill();
@@ -340,5 +341,24 @@ fn glance_dying_mid_upload_fails_with_exit_1_and_leaves_no_record() {
     assert!(stderr.contains(&format!("deleted the unfinished image {id}")), "{stderr}");
     assert!(stderr.lines().any(|l| l.contains("INFO glance: ") && l.contains("MiB/s, eta")), "progress: {stderr}");
     assert_eq!(glance.images().expect("list"), Vec::<serde_json::Value>::new());
+    assert_eq!(ws.read("version.txt").trim(), "1.2.3");
+}
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_naming_what_may_be_left() {
+    let glance = Glance::start();
+    let keystone = Keystone::start(&glance, 0.3);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (ws, mut child) = start_slow_upload(&keystone, dir.path());
+    let id = wait_saving(&glance, &mut child);
+    support::interrupt(&child);
+    // Two signals at the same instant merge into one; the second comes while the first one's cleanup runs.
+    std::thread::sleep(Duration::from_millis(10));
+    support::interrupt(&child);
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted twice"), "{stderr}");
+    assert!(stderr.contains(&format!("Glance image {id}")) && stderr.contains("openstack image delete"), "{stderr}");
     assert_eq!(ws.read("version.txt").trim(), "1.2.3");
 }

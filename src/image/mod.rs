@@ -7,11 +7,12 @@ pub mod detect;
 pub mod extents;
 pub mod qcow2;
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
@@ -145,7 +146,17 @@ pub struct SourceImage {
     pub path: PathBuf,
     /// The guest (virtual) size in bytes: the disk size for every format.
     pub size: u64,
+    /// Scans already made, shared by the clones: variants running together read the image for its map once.
+    scans: Arc<ScanCache>,
 }
+
+/// Extent maps by block size; each slot is locked while its scan runs, so a second variant waits for the first
+/// one's scan instead of reading the image again.
+type ScanCache = Mutex<BTreeMap<u64, Arc<Mutex<Option<ExtentMap>>>>>;
+
+/// Scans use this block size when the one asked for is a multiple of it (qcow2 clusters and EBS blocks are), and
+/// coarsen the result: the map of a coarser block is exactly the finer map widened to its blocks.
+const SHARED_SCAN_BLOCK: u64 = 64 * 1024;
 
 impl SourceImage {
     /// Opens `path`, checks that it is a regular file or block device holding a raw or qcow2 image.
@@ -169,7 +180,7 @@ impl SourceImage {
             source,
         })?;
         match format {
-            DetectedFormat::Raw => Ok(Self { data: Arc::new(ImageData::Raw(file)), path: path.to_path_buf(), size }),
+            DetectedFormat::Raw => Ok(Self::new(ImageData::Raw(file), path, size)),
             DetectedFormat::Qcow2 => {
                 let image =
                     Qcow2Image::open(file).map_err(|source| ImageError::Qcow2 { path: path.to_path_buf(), source })?;
@@ -177,10 +188,14 @@ impl SourceImage {
                 if size == 0 {
                     return Err(ImageError::Empty { path: path.to_path_buf() });
                 }
-                Ok(Self { data: Arc::new(ImageData::Qcow2(image)), path: path.to_path_buf(), size })
+                Ok(Self::new(ImageData::Qcow2(image), path, size))
             }
             other => Err(ImageError::NotRaw { path: path.to_path_buf(), hint: other.hint(), format: other }),
         }
+    }
+
+    fn new(data: ImageData, path: &Path, size: u64) -> Self {
+        Self { data: Arc::new(data), path: path.to_path_buf(), size, scans: Arc::default() }
     }
 
     /// The image's format: `raw` or `qcow2`.
@@ -199,6 +214,21 @@ impl SourceImage {
         threads: usize,
         cancel: &(dyn Fn() -> bool + Sync),
     ) -> Result<ExtentMap, ImageError> {
+        let base = if block % SHARED_SCAN_BLOCK == 0 { SHARED_SCAN_BLOCK } else { block };
+        let slot = Arc::clone(self.scans.lock().unwrap_or_else(|p| p.into_inner()).entry(base).or_default());
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let map = match &*slot {
+            Some(map) => map.clone(),
+            None => {
+                let map = self.scan(base, threads, cancel)?;
+                *slot = Some(map.clone());
+                map
+            }
+        };
+        Ok(if base == block { map } else { map.coarsen(block) })
+    }
+
+    fn scan(&self, block: u64, threads: usize, cancel: &(dyn Fn() -> bool + Sync)) -> Result<ExtentMap, ImageError> {
         let result = match &*self.data {
             ImageData::Raw(file) => ExtentMap::scan(file, self.size, block, threads, cancel),
             // The clusters the L2 tables map are the allocated ranges; zero blocks inside them are found by reading
@@ -222,5 +252,29 @@ impl SourceImage {
             extents::ScanError::Interrupted => ImageError::Interrupted,
             extents::ScanError::Io { offset, source } => ImageError::Read { path: self.path.clone(), offset, source },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn shared_scans_give_the_same_maps_as_direct_scans_of_every_block_size() {
+        let file = tempfile::NamedTempFile::new().expect("temp file");
+        let size = (5 << 20) + 12_345;
+        file.as_file().set_len(size).expect("size");
+        for (offset, len) in [(0u64, 10usize), (70_000, 1), (600_000, 200_000), (3 << 20, 65_536), (size - 5, 5)] {
+            file.as_file().write_all_at(&vec![0xa5; len], offset).expect("write");
+        }
+        let image = SourceImage::open(file.path()).expect("open");
+        let never = || false;
+        for block in [512 * 1024, 64 * 1024, 4096, 512 * 1024, 64 * 1024] {
+            let direct = ExtentMap::scan(file.as_file(), size, block, 2, &never).expect("scan");
+            assert_eq!(image.extents(block, 2, &never).expect("shared"), direct, "block {block}");
+        }
+        let cached = image.scans.lock().expect("lock").keys().copied().collect::<Vec<_>>();
+        assert_eq!(cached, vec![4096, 64 * 1024], "512 KiB maps come from the 64 KiB scan");
     }
 }

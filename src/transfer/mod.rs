@@ -1,8 +1,9 @@
 //! Moving bytes to clouds: the one retry policy, the one bounded-concurrency loop and the one poller every provider
 //! uses.
 //!
-//! Providers classify their own errors into [`Verdict::Retry`] (throttling, 5xx, timeouts, connection resets) and
-//! [`Verdict::Fail`] (access denied, validation); everything else about retrying, limiting and waiting lives here.
+//! Providers classify their own errors into [`Verdict::Retry`] (throttling, 5xx, timeouts, connection resets),
+//! [`Verdict::RetryAfter`] (the server said how long to wait) and [`Verdict::Fail`] (access denied, validation);
+//! everything else about retrying, limiting and waiting lives here.
 
 pub mod http;
 pub mod stream;
@@ -23,8 +24,25 @@ use crate::image::ReadAt;
 pub enum Verdict {
     /// Transient: try again after a backoff.
     Retry,
+    /// Transient, and the server asked for this pause (`Retry-After`): wait at least that long.
+    RetryAfter(Duration),
     /// Permanent: give up at once.
     Fail,
+}
+
+impl Verdict {
+    /// Whether another attempt may help.
+    pub fn is_retry(self) -> bool {
+        !matches!(self, Verdict::Fail)
+    }
+}
+
+/// The longest `Retry-After` honoured; a server asking for more is waited on this long and tried again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// A `Retry-After` header value: delay seconds (HTTP-dates are rare from cloud APIs and read as absent).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    value.trim().parse::<u64>().ok().map(|s| Duration::from_secs(s).min(MAX_RETRY_AFTER))
 }
 
 /// Exponential backoff with full jitter (AWS architecture blog, "Exponential Backoff And Jitter").
@@ -52,6 +70,15 @@ impl RetryPolicy {
         Duration::from_millis(if millis == 0 { 0 } else { rand::rng().random_range(0..=millis) })
     }
 
+    /// The pause before retry `attempt` after an error judged `verdict`: the jittered backoff, or longer if the
+    /// server asked for it.
+    pub fn pause(&self, attempt: u32, verdict: Verdict) -> Duration {
+        match verdict {
+            Verdict::RetryAfter(asked) => self.delay(attempt).max(asked.min(MAX_RETRY_AFTER)),
+            _ => self.delay(attempt),
+        }
+    }
+
     /// Runs `op` until it succeeds, `classify` calls its error permanent, or attempts run out; returns the last
     /// result. `op` gets the 1-based attempt number.
     pub async fn run<T, E, Fut>(&self, mut op: impl FnMut(u32) -> Fut, classify: impl Fn(&E) -> Verdict) -> Result<T, E>
@@ -62,8 +89,8 @@ impl RetryPolicy {
         loop {
             match op(attempt).await {
                 Ok(v) => return Ok(v),
-                Err(e) if attempt < self.max_attempts && classify(&e) == Verdict::Retry => {
-                    tokio::time::sleep(self.delay(attempt)).await;
+                Err(e) if attempt < self.max_attempts && classify(&e).is_retry() => {
+                    tokio::time::sleep(self.pause(attempt, classify(&e))).await;
                     attempt += 1;
                 }
                 Err(e) => return Err(e),
@@ -125,7 +152,15 @@ where
         if failure.is_some() {
             break;
         }
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+        // Ctrl-C does not wait for a slot: in-flight requests are aborted below.
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => permit,
+            () = cancel.cancelled() => {
+                failure.get_or_insert(Stopped::Interrupted);
+                break;
+            }
+        };
+        let Ok(permit) = permit else { break };
         let future = task(unit);
         tasks.spawn(async move {
             let _permit = permit;
@@ -135,7 +170,17 @@ where
     if failure.is_some() {
         tasks.abort_all();
     }
-    while let Some(done) = tasks.join_next().await {
+    loop {
+        let done = tokio::select! {
+            done = tasks.join_next() => done,
+            // In-flight requests are abandoned on Ctrl-C rather than waited for; the caller cleans up.
+            () = cancel.cancelled(), if failure.is_none() => {
+                failure = Some(Stopped::Interrupted);
+                tasks.abort_all();
+                continue;
+            }
+        };
+        let Some(done) = done else { break };
         record(done, &mut results, &mut failure);
         if failure.is_some() {
             tasks.abort_all();
@@ -276,6 +321,24 @@ mod tests {
         assert!(matches!(ready, Ok(7)));
         let never: Result<u32, Stopped<()>> = poll_until(Duration::ZERO, &cancel, || async { Ok(None) }).await;
         assert!(matches!(never, Err(Stopped::TimedOut)));
+    }
+
+    #[tokio::test]
+    async fn retry_after_is_honoured() {
+        // fast() never waits more than 2 ms on its own.
+        let policy = fast();
+        let started = Instant::now();
+        let result: Result<u32, &str> = policy
+            .run(
+                |attempt| async move { if attempt < 2 { Err("429") } else { Ok(attempt) } },
+                |_| Verdict::RetryAfter(Duration::from_millis(300)),
+            )
+            .await;
+        assert_eq!(result, Ok(2));
+        assert!(started.elapsed() >= Duration::from_millis(300), "waited {:?}", started.elapsed());
+        assert_eq!(parse_retry_after(" 7 "), Some(Duration::from_secs(7)));
+        assert_eq!(parse_retry_after("99999"), Some(MAX_RETRY_AFTER));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }
 
     #[test]

@@ -27,6 +27,8 @@ from xml.sax.saxutils import escape
 
 import boto3
 
+from httpbody import read_body
+
 BLOCK = 512 * 1024
 EC2_NS = "http://ec2.amazonaws.com/doc/2016-11-15/"
 
@@ -118,18 +120,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def read_body(self):
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            chunks = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip(), 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass
-                    break
-                chunks.append(self.rfile.read(size))
-                self.rfile.readline()
-            return b"".join(chunks)
-        return self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+        return read_body(self)
 
     def reply(self, status, body, content_type, extra=None):
         data = body.encode() if isinstance(body, str) else body

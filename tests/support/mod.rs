@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod faults;
 pub mod fixtures;
 pub mod glance;
 pub mod moto;

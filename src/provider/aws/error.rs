@@ -89,7 +89,10 @@ pub fn verdict<E: ProvideErrorMetadata>(err: &SdkError<E>) -> Verdict {
             let status = ctx.raw().status().as_u16();
             let code = err.code().unwrap_or_default();
             if status >= 500 || status == 429 || TRANSIENT_CODES.contains(&code) {
-                Verdict::Retry
+                match ctx.raw().headers().get("retry-after").and_then(crate::transfer::parse_retry_after) {
+                    Some(pause) => Verdict::RetryAfter(pause),
+                    None => Verdict::Retry,
+                }
             } else {
                 Verdict::Fail
             }

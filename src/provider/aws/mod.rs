@@ -111,6 +111,12 @@ pub async fn upload(
     replace_existing(&base, &regions, cfg).await?;
 
     let mut created = Created::default();
+    let _in_progress = crate::cancel::track(format!(
+        "AWS {}: EBS snapshots described \"{}\" and AMIs named \"{}\" (aws ec2 describe-snapshots / describe-images)",
+        regions.join(", "),
+        a.snapshot_name,
+        a.ami_name
+    ));
     let result = publish_steps(&base, &regions, &account, cfg, image, options, &mut created).await;
     match result {
         Ok(refs) => Ok(refs),
@@ -185,10 +191,15 @@ async fn publish_steps(
         import::upload(&primary_config, primary, image, cfg, &snapshot_tags, options).await?
     } else {
         // Block granularity is all the upload needs; the scan then reads only the first 4 KiB of most data blocks.
-        let map = image.extents(ebs::BLOCK_SIZE, 4, &|| options.cancel.is_cancelled()).map_err(|e| match e {
-            crate::image::ImageError::Interrupted => AwsError::Interrupted,
-            other => AwsError::Read { offset: 0, source: std::io::Error::other(other.to_string()) },
-        })?;
+        // On the blocking pool: the scan reads the image (or waits for another variant's scan of it).
+        let (scanned, cancel) = (image.clone(), options.cancel.clone());
+        let map = tokio::task::spawn_blocking(move || scanned.extents(ebs::BLOCK_SIZE, 4, &|| cancel.is_cancelled()))
+            .await
+            .map_err(|e| AwsError::Read { offset: 0, source: std::io::Error::other(e.to_string()) })?
+            .map_err(|e| match e {
+                crate::image::ImageError::Interrupted => AwsError::Interrupted,
+                other => AwsError::Read { offset: 0, source: std::io::Error::other(other.to_string()) },
+            })?;
         let ebs_clients = ebs::clients(&primary_config);
         let (id, stats) = ebs::upload(
             ebs::Target { ebs: &ebs_clients, ec2: &ec2, region: primary },

@@ -106,6 +106,8 @@ pub enum OpenStackError {
         status: u16,
         /// The service's message.
         message: String,
+        /// The pause the service asked for (`Retry-After`), if any.
+        retry_after: Option<std::time::Duration>,
     },
     /// The service answered with something that is not the documented JSON.
     #[error("{what}: unexpected answer: {message}")]
@@ -195,7 +197,10 @@ impl OpenStackError {
     pub fn verdict(&self) -> Verdict {
         match self {
             OpenStackError::Transport { retry: true, .. } => Verdict::Retry,
-            OpenStackError::Api { status, .. } if is_transient_status(*status) => Verdict::Retry,
+            OpenStackError::Api { status, retry_after, .. } if is_transient_status(*status) => match retry_after {
+                Some(pause) => Verdict::RetryAfter(*pause),
+                None => Verdict::Retry,
+            },
             _ => Verdict::Fail,
         }
     }

@@ -187,6 +187,11 @@ async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<(reqwest::
         retry: true,
     })?;
     let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::transfer::parse_retry_after);
     let body = response.text().await.map_err(|e| OpenStackError::Transport {
         what: what.to_string(),
         message: transport_message(&e),
@@ -195,6 +200,11 @@ async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<(reqwest::
     if status.is_success() {
         Ok((status, body))
     } else {
-        Err(OpenStackError::Api { what: what.to_string(), status: status.as_u16(), message: error_text(&body) })
+        Err(OpenStackError::Api {
+            what: what.to_string(),
+            status: status.as_u16(),
+            message: error_text(&body),
+            retry_after,
+        })
     }
 }

@@ -46,7 +46,12 @@ pub async fn authenticate(client: &reqwest::Client, cloud: &Cloud) -> Result<Ses
         });
     }
     if !status.is_success() {
-        return Err(OpenStackError::Api { what, status: status.as_u16(), message: error_text(&text) });
+        return Err(OpenStackError::Api {
+            what,
+            status: status.as_u16(),
+            message: error_text(&text),
+            retry_after: None,
+        });
     }
     let token = token.ok_or_else(|| OpenStackError::Unexpected {
         what: what.clone(),

@@ -26,7 +26,7 @@ use crate::progress::Progress;
 use crate::provider::{Reference, UploadOptions};
 use crate::transfer::http::{self, TlsOptions};
 use crate::transfer::stream::{self, ChunkSink};
-use crate::transfer::{RetryPolicy, Stopped, Verdict, poll_until};
+use crate::transfer::{RetryPolicy, Stopped, poll_until};
 use glance::{Glance, ImageRecord};
 
 /// A cloud, authenticated, with its image service.
@@ -184,6 +184,10 @@ pub async fn upload(
         layout.len(),
         o.disk_format
     );
+    let _unfinished = crate::cancel::track(format!(
+        "Glance image {} (\"{}\") in cloud \"{}\": openstack image delete {}",
+        record.id, o.image_name, target.cloud.name, record.id
+    ));
     match fill(&target, &record.id, o, image, layout, options).await {
         Ok(()) => Ok(vec![Reference { region: target.cloud.region_name.clone(), value: record.id }]),
         Err(e) => {
@@ -319,7 +323,7 @@ async fn send_data(
             (Ok(()), Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => break Err(OpenStackError::Read(e)),
             (Ok(()), Err(e)) => break Err(OpenStackError::Read(e)),
         };
-        if attempt >= policy.max_attempts || error.verdict() != Verdict::Retry {
+        if attempt >= policy.max_attempts || !error.verdict().is_retry() {
             break Err(error);
         }
         match target.glance.get(id).await {
@@ -331,7 +335,7 @@ async fn send_data(
             Err(_) => break Err(error),
         }
         tracing::warn!("openstack: {error}; sending the data again (attempt {})", attempt + 1);
-        tokio::time::sleep(policy.delay(attempt)).await;
+        tokio::time::sleep(policy.pause(attempt, error.verdict())).await;
         attempt += 1;
     };
     progress.finish();

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The whole release run against local emulators (moto for AWS, Debian's glance-api for OpenStack) plus a file
+# export, on the bench/make-image.sh image, in one run: each provider alone, then all variants in one
+# `uplosi upload`. Prints the wall times, the ratio all-in-one / slowest alone, and peak RSS.
+#
+# Usage: bench/release.sh [WORKDIR]   (default: a temporary directory, removed afterwards)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
+python3 -c "import moto.server" 2>/dev/null || python3 -m pip install --quiet "moto[server]>=5"
+command -v glance-api >/dev/null || { echo "needs glance-api (apt-get install glance-api)" >&2; exit 2; }
+cargo build --release --quiet
+UPLOSI="$CARGO_TARGET_DIR/release/uplosi"
+
+if [ $# -ge 1 ]; then WORK="$1"; mkdir -p "$WORK"; KEEP=1; else WORK="$(mktemp -d)"; KEEP=0; fi
+IMG="$WORK/system.raw"
+[ -f "$IMG" ] || bench/make-image.sh "$IMG"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 600); do curl -s -o /dev/null "$1" 2>/dev/null && return 0; sleep 0.1; done; return 1; }
+
+. bench/glance.sh
+start_glance "$WORK/glance"
+MPORT=$(free_port)
+python3 -m moto.server -H 127.0.0.1 -p "$MPORT" >/dev/null 2>&1 &
+MOTO=$!
+stop() { kill "$GLANCE" "$MOTO" 2>/dev/null || true; wait 2>/dev/null || true; [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
+trap stop EXIT
+wait_http "http://127.0.0.1:$MPORT/"
+
+cd "$WORK"
+cat > clouds.yaml <<YAML
+clouds:
+  bench:
+    auth_type: none
+    image_endpoint_override: $GLANCE_URL
+YAML
+export OS_CLIENT_CONFIG_FILE="$WORK/clouds.yaml"
+export AWS_ENDPOINT_URL="http://127.0.0.1:$MPORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+export AWS_EC2_METADATA_DISABLED=true
+echo "input: $(du -h --apparent-size system.raw | cut -f1) apparent, $(du -h system.raw | cut -f1) allocated"
+
+mkdir -p run
+cat > run/uplosi.conf <<CONF
+[base]
+name = "bench"
+imageVersion = "1.0.0"
+[base.aws]
+region = "us-east-1"
+[base.openstack]
+cloud = "bench"
+[base.file]
+path = "$WORK/run/export-{{.Version}}.qcow2"
+replace = true
+[variant.aws]
+provider = "aws"
+[variant.openstack]
+provider = "openstack"
+[variant.file]
+provider = "file"
+CONF
+
+timed() { # LABEL ARGS...: prints "seconds rss_kib"
+    local label="$1"; shift
+    (cd run && /usr/bin/time -o ../time.txt -f "%e %M" "$UPLOSI" upload ../system.raw "$@" > "../$label.out" 2> "../$label.log") \
+        || { cat "$label.log" >&2; exit 1; }
+    cat time.txt
+}
+
+read -r aws_t aws_m < <(timed aws --enable-variant-glob aws)
+read -r os_t os_m < <(timed openstack --enable-variant-glob openstack)
+read -r file_t file_m < <(timed file --enable-variant-glob file)
+read -r all_t all_m < <(timed all)
+slowest=$(python3 -c "print(max($aws_t, $os_t, $file_t))")
+echo "alone: aws ${aws_t} s (${aws_m} KiB), openstack ${os_t} s (${os_m} KiB), file ${file_t} s (${file_m} KiB)"
+echo "all three in one run: ${all_t} s, peak RSS ${all_m} KiB ($(python3 -c "print(f'{$all_m / 1024:.0f}')") MiB)"
+echo "all-in-one / slowest alone = $(python3 -c "print(f'{$all_t / $slowest:.2f}')")"

@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""A fault-injecting HTTP proxy for uplosi's reliability tests, between uplosi and an emulator (moto, glance-api).
+
+Requests whose "METHOD PATH" matches --match are the data plane: each is faulted with probability --rate, drawn
+from a random generator seeded with --seed, so a run is reproducible. A fault is one of --faults, chosen by the
+same generator:
+    500      HTTP 500 with a JSON error (InternalServerException / InternalError)
+    503      HTTP 503 SlowDown / ServiceUnavailable
+    429      HTTP 429 ThrottlingException / RequestLimitExceeded with Retry-After: 1
+    reset    the connection is reset (RST) after reading the request, without an answer
+    delay    the request is held --delay seconds (default 1.5), then forwarded normally
+Everything else, and the data-plane requests that draw no fault, are forwarded unchanged (Host header included,
+so signatures stay valid). Counts per fault and forwarded requests go to --stats as JSON.
+"""
+
+import argparse
+import http.client
+import http.server
+import json
+import random
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+
+from httpbody import read_body
+
+args = None
+lock = threading.Lock()
+rng = None
+stats = {"matched": 0, "forwarded": 0, "faults": {}}
+
+
+def save():
+    with open(args.stats, "w") as f:
+        json.dump(stats, f)
+
+
+def draw():
+    """The fault for the next matching request, or None."""
+    with lock:
+        stats["matched"] += 1
+        fault = rng.choice(args.faults) if rng.random() < args.rate else None
+        if fault:
+            stats["faults"][fault] = stats["faults"].get(fault, 0) + 1
+        save()
+        return fault
+
+
+ERRORS = {
+    "500": (500, "InternalServerException", "injected internal error", {}),
+    "503": (503, "SlowDown", "injected: please reduce your request rate", {}),
+    "429": (429, "ThrottlingException", "injected: RequestLimitExceeded, rate exceeded", {"Retry-After": "1"}),
+}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def read_body(self):
+        return read_body(self)
+
+    def reply(self, status, data, headers):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def handle_any(self):
+        path = urllib.parse.urlparse(self.path).path
+        fault = draw() if re.search(args.match, f"{self.command} {path}") else None
+        body = self.read_body()
+        if fault == "reset":
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            return
+        if fault in ERRORS:
+            status, code, message, extra = ERRORS[fault]
+            data = json.dumps({"__type": code, "code": code, "message": message,
+                               "error": {"code": status, "message": message}}).encode()
+            headers = [("Content-Type", "application/json"), ("x-amzn-ErrorType", code)] + list(extra.items())
+            return self.reply(status, data, headers)
+        if fault == "delay":
+            time.sleep(args.delay)
+        self.forward(body)
+
+    def forward(self, body):
+        upstream = urllib.parse.urlparse(args.upstream)
+        conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=300)
+        headers = {k: v for k, v in self.headers.items()
+                   if k.lower() not in ("transfer-encoding", "content-length", "connection")}
+        headers["Content-Length"] = str(len(body))
+        try:
+            conn.request(self.command, self.path, body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+        except OSError:
+            self.close_connection = True
+            self.connection.close()
+            return
+        finally:
+            conn.close()
+        with lock:
+            stats["forwarded"] += 1
+            save()
+        passed = [(k, v) for k, v in response.getheaders()
+                  if k.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server")]
+        self.reply(response.status, data, passed)
+
+    do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = handle_any
+
+
+def main():
+    global args, rng
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--stats", required=True)
+    parser.add_argument("--match", required=True)
+    parser.add_argument("--rate", type=float, required=True)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--faults", default="500,503,429,reset,delay")
+    parser.add_argument("--delay", type=float, default=1.5)
+    args = parser.parse_args()
+    args.faults = args.faults.split(",")
+    rng = random.Random(args.seed)
+    save()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+//! The fault-injecting proxy (`fault_proxy.py`) between uplosi and an emulator.
+
+use std::process::{Child, Command, Stdio};
+
+use super::moto::{free_port, wait_listening};
+
+/// A running proxy, killed on drop.
+pub struct FaultProxy {
+    child: Child,
+    stats: tempfile::NamedTempFile,
+    /// Its URL, to use instead of the emulator's.
+    pub url: String,
+}
+
+impl FaultProxy {
+    /// Proxies `upstream`, faulting requests whose "METHOD PATH" matches `pattern` with probability `rate` (seeded
+    /// with `seed`), choosing among `faults` (comma-separated: 500, 503, 429, reset, delay).
+    pub fn start(upstream: &str, pattern: &str, rate: f64, seed: u64, faults: &str) -> Self {
+        Self::start_with_delay(upstream, pattern, rate, seed, faults, 1.5)
+    }
+
+    /// Like [`FaultProxy::start`], with `delay` seconds for the `delay` fault.
+    pub fn start_with_delay(upstream: &str, pattern: &str, rate: f64, seed: u64, faults: &str, delay: f64) -> Self {
+        let stats = tempfile::NamedTempFile::new().expect("stats file");
+        let port = free_port();
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fault_proxy.py");
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--port", &port.to_string(), "--upstream", upstream, "--match", pattern])
+            .args(["--rate", &rate.to_string(), "--seed", &seed.to_string(), "--faults", faults])
+            .args(["--delay", &delay.to_string(), "--stats"])
+            .arg(stats.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        wait_listening(port, &mut child, "fault_proxy.py");
+        FaultProxy { child, stats, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// `{"matched": N, "forwarded": N, "faults": {"500": N, …}}`.
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.stats.path()).expect("stats")).expect("stats JSON")
+    }
+
+    /// Faults injected so far.
+    pub fn faults(&self) -> u64 {
+        self.stats()["faults"].as_object().map_or(0, |f| f.values().filter_map(|v| v.as_u64()).sum())
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -64,7 +64,8 @@ where
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root().filter(|s| s.name() == "variant") {
                 if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
-                    let name = fields.fields.trim_start_matches("name=");
+                    let plain = strip_ansi(&fields.fields);
+                    let name = plain.trim_start_matches("name=");
                     if !name.is_empty() {
                         write!(writer, "{name}: ")?;
                     }
@@ -74,6 +75,28 @@ where
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
     }
+}
+
+/// `text` without ANSI SGR sequences (span fields are formatted with colours on a terminal).
+fn strip_ansi(text: &str) -> Cow<'_, str> {
+    if !text.contains('\x1b') {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // ESC [ parameters final-byte
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// Masks credentials in `text`: SAS `sig=`, presigned `X-Amz-Signature` / `X-Amz-Security-Token`,
@@ -106,6 +129,12 @@ pub fn redact(text: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colours_are_stripped_from_span_fields() {
+        assert_eq!(strip_ansi("\x1b[3mname\x1b[0m\x1b[2m=\x1b[0mos"), "name=os");
+        assert_eq!(strip_ansi("name=aws"), "name=aws");
+    }
 
     #[test]
     fn secrets_are_masked_and_the_rest_is_kept() {

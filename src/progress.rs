@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,60 @@ static QUIET: AtomicBool = AtomicBool::new(false);
 fn bars() -> &'static MultiProgress {
     static BARS: OnceLock<MultiProgress> = OnceLock::new();
     BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()))
+}
+
+/// Variant names by the id of their span (see [`name_span`]), so bars made inside a variant can say whose they are.
+static SPAN_NAMES: Mutex<Option<HashMap<tracing::span::Id, String>>> = Mutex::new(None);
+
+/// Records that `span` belongs to variant `name`.
+pub fn name_span(span: &tracing::Span, name: &str) {
+    if let Some(id) = span.id() {
+        SPAN_NAMES.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(HashMap::new).insert(id, name.into());
+    }
+}
+
+/// The variant whose span is current, if any.
+fn current_variant() -> Option<String> {
+    let id = tracing::Span::current().id()?;
+    SPAN_NAMES.lock().unwrap_or_else(|p| p.into_inner()).as_ref()?.get(&id).cloned()
+}
+
+fn visible() -> bool {
+    !QUIET.load(Ordering::Relaxed) && std::io::stderr().is_terminal()
+}
+
+/// One line per variant on a terminal: its name and stage (checking, waiting, uploading, done or failed), above
+/// the transfer bars. Hidden when stderr is not a terminal, where the log lines say the same.
+#[derive(Clone, Debug)]
+pub struct StageLine {
+    bar: ProgressBar,
+    name: String,
+}
+
+impl StageLine {
+    /// A line for variant `name`.
+    pub fn new(name: &str) -> Self {
+        let bar = if visible() { bars().add(ProgressBar::new_spinner()) } else { ProgressBar::hidden() };
+        if !bar.is_hidden() {
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+        let line = Self { bar, name: name.to_string() };
+        line.set("waiting");
+        line
+    }
+
+    /// Shows `stage`.
+    pub fn set(&self, stage: &str) {
+        self.bar.set_message(format!("{}: {stage}", self.name));
+    }
+
+    /// Shows the final `state` and stops the spinner; the line stays.
+    pub fn finish(&self, state: &str) {
+        self.bar.finish_with_message(format!("{}: {state}", self.name));
+    }
 }
 
 /// Log output on stderr that hides the progress bars while a line is written and redraws them after, so log lines
@@ -63,7 +118,7 @@ impl Progress {
     /// A bar for `total` bytes labelled `label`.
     pub fn bytes(total: u64, label: &str) -> Self {
         let quiet = QUIET.load(Ordering::Relaxed);
-        let visible = !quiet && std::io::stderr().is_terminal();
+        let visible = visible();
         // A hidden bar still counts, so rate and ETA are there for the log lines.
         let bar = if visible {
             ProgressBar::new(total)
@@ -74,12 +129,16 @@ impl Progress {
             // Variants upload in parallel: their bars stack instead of overwriting each other.
             bars().add(bar.clone());
             if let Ok(style) = ProgressStyle::with_template(
-                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+                "{msg:>20} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
             ) {
                 bar.set_style(style.progress_chars("=> "));
             }
         }
-        bar.set_message(label.to_string());
+        // Inside a variant, the bar (and its log lines) says whose transfer it is.
+        bar.set_message(match current_variant().filter(|n| !n.is_empty()) {
+            Some(variant) => format!("{variant} {label}"),
+            None => label.to_string(),
+        });
         let log = (!visible && !quiet).then(|| Arc::new((tracing::Span::current(), Mutex::new(Instant::now()))));
         Self { bar, log }
     }

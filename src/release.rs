@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::config::VariantConfig;
 use crate::image::SourceImage;
+use crate::progress::{self, StageLine};
 use crate::provider::{self, ProviderError, Reference, UploadOptions};
 use crate::report::Status;
 
@@ -60,7 +61,9 @@ impl Outcome {
 /// `[base]` variant is the only one, so its lines need no name).
 pub fn span(cfg: &VariantConfig) -> tracing::Span {
     let name = cfg.variant.clone().unwrap_or_default();
-    tracing::info_span!("variant", name = %name)
+    let span = tracing::info_span!("variant", name = %name);
+    progress::name_span(&span, &name);
+    span
 }
 
 /// Checks every variant, then uploads those that passed. Returns `Err` only for problems the user must fix that a
@@ -107,8 +110,10 @@ pub async fn run(
     let uploads = variants.iter().zip(&outcomes).map(|(cfg, checked)| {
         let permits = Arc::clone(&permits);
         let failed_check = checked.is_some();
+        let line = StageLine::new(&cfg.variant.clone().unwrap_or_else(|| cfg.provider.as_str().to_string()));
         async move {
             if failed_check {
+                line.finish("failed its check");
                 return None;
             }
             // The semaphore is never closed, so acquiring only waits.
@@ -119,9 +124,11 @@ pub async fn run(
                 } else {
                     "not started: another variant failed (--fail-fast)"
                 };
+                line.finish(why);
                 return Some(Outcome::skipped(why));
             }
             tracing::info!("uploading to {}", cfg.provider.as_str());
+            line.set(&format!("uploading to {}", cfg.provider.as_str()));
             let outcome = match provider::upload(cfg, image, &options.upload).await {
                 Ok(references) => {
                     tracing::info!(
@@ -150,6 +157,11 @@ pub async fn run(
                     Outcome::failed(e)
                 }
             };
+            line.finish(match outcome.status {
+                Status::Ok => "done",
+                Status::Skipped => "skipped",
+                Status::Failed => "failed",
+            });
             Some(outcome)
         }
         .instrument(span(cfg))

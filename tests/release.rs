@@ -117,6 +117,9 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     }
     assert!(stderr.lines().any(|l| l.contains("INFO openstack: openstack: created image")), "{stderr}");
     assert!(stderr.lines().any(|l| l.contains("INFO aws: ")), "{stderr}");
+    for secret in ["Signature=", "Credential=", "X-Auth-Token"] {
+        assert!(!stderr.contains(secret), "{secret} in the log");
+    }
 }
 
 #[test]

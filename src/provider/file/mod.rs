@@ -143,7 +143,10 @@ pub async fn upload(
     );
     // The conversion is synchronous and multi-threaded; on the blocking pool it runs alongside the cloud variants.
     let (image, cancel, out) = (image.clone(), options.cancel.clone(), path.clone());
+    // The variant's span goes along, so the conversion's progress names its variant.
+    let span = tracing::Span::current();
     let report = tokio::task::spawn_blocking(move || {
+        let _variant = span.enter();
         convert::convert_image(&image, &out, &convert_options, &cancel, Instant::now())
     })
     .await

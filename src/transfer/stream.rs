@@ -4,6 +4,8 @@
 
 use std::io::Read;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -76,19 +78,59 @@ where
     LayoutStream { body: rx, reader }
 }
 
-/// The chunks of `body` as a request body stream; `on_chunk` sees each length as it is handed to the connection.
+/// How far a request body has got, for [`stalled`].
+#[derive(Debug, Default)]
+pub struct BodyWatch {
+    sent: AtomicU64,
+    done: AtomicBool,
+}
+
+impl BodyWatch {
+    /// Bytes handed to the connection so far.
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+}
+
+/// The chunks of `body` as a request body stream; `on_chunk` sees each length as it is handed to the connection,
+/// and `watch` records the progress.
 pub fn body(
     body: mpsc::Receiver<std::io::Result<Bytes>>,
+    watch: Arc<BodyWatch>,
     on_chunk: impl Fn(u64) + Send + Sync + 'static,
 ) -> reqwest::Body {
-    let stream = futures_util::stream::unfold((body, on_chunk), |(mut rx, on_chunk)| async move {
-        let item = rx.recv().await?;
+    let stream = futures_util::stream::unfold((body, watch, on_chunk), |(mut rx, watch, on_chunk)| async move {
+        let Some(item) = rx.recv().await else {
+            watch.done.store(true, Ordering::Relaxed);
+            return None;
+        };
         if let Ok(chunk) = &item {
+            watch.sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
             on_chunk(chunk.len() as u64);
         }
-        Some((item, (rx, on_chunk)))
+        Some((item, (rx, watch, on_chunk)))
     });
     reqwest::Body::wrap_stream(stream)
+}
+
+/// Resolves when the body has taken no data for `limit` while not yet complete: the server stopped reading, and
+/// no TCP timeout would notice for a long time. Once the body is complete it never resolves (the server may take
+/// its time to answer; that wait has its own timeout).
+pub async fn stalled(watch: &BodyWatch, limit: Duration) {
+    let tick = (limit / 4).max(Duration::from_millis(10));
+    let (mut last, mut since) = (watch.sent(), tokio::time::Instant::now());
+    loop {
+        tokio::time::sleep(tick).await;
+        if watch.done.load(Ordering::Relaxed) {
+            return std::future::pending().await;
+        }
+        let now = watch.sent();
+        if now != last {
+            (last, since) = (now, tokio::time::Instant::now());
+        } else if since.elapsed() >= limit {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +171,19 @@ mod tests {
         assert_eq!(sink.0, expected);
         assert_eq!(sent, expected.len() as u64);
         assert_eq!(chunks, 3);
+    }
+
+    #[tokio::test]
+    async fn a_body_that_takes_no_data_is_stalled_and_a_finished_one_is_not() {
+        let watch = BodyWatch::default();
+        let started = std::time::Instant::now();
+        stalled(&watch, Duration::from_millis(200)).await;
+        assert!(started.elapsed() >= Duration::from_millis(200));
+
+        let watch = BodyWatch::default();
+        watch.done.store(true, Ordering::Relaxed);
+        let waited = tokio::time::timeout(Duration::from_millis(300), stalled(&watch, Duration::from_millis(50))).await;
+        assert!(waited.is_err(), "a complete body never counts as stalled");
     }
 
     #[tokio::test]

@@ -38,17 +38,28 @@ struct Target {
 }
 
 /// Sessions by cloud name: the preflight authenticates once, and the upload and other variants of the same cloud
-/// reuse its token instead of logging in again.
-static SESSIONS: std::sync::Mutex<Vec<(String, Target)>> = std::sync::Mutex::new(Vec::new());
+/// reuse its token instead of logging in again, while it is fresh.
+static SESSIONS: std::sync::Mutex<Vec<(String, std::time::Instant, Target)>> = std::sync::Mutex::new(Vec::new());
+
+/// How long a token is reused. Keystone tokens live an hour by default; a variant that waited for its turn
+/// (`--jobs`) logs in again, so its token outlives the upload and the wait for `active`.
+const SESSION_REUSE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
 
 async fn connect(cfg: &VariantConfig) -> Result<Target, OpenStackError> {
     let name = clouds::cloud_name(cfg.openstack.cloud.as_deref())?;
-    let cached = SESSIONS.lock().unwrap_or_else(|p| p.into_inner()).iter().find(|(n, _)| *n == name).cloned();
-    if let Some((_, target)) = cached {
+    let cached = SESSIONS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .find(|(n, at, _)| *n == name && at.elapsed() < SESSION_REUSE)
+        .map(|(_, _, target)| target.clone());
+    if let Some(target) = cached {
         return Ok(target);
     }
     let target = login(&name).await?;
-    SESSIONS.lock().unwrap_or_else(|p| p.into_inner()).push((name, target.clone()));
+    let mut sessions = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
+    sessions.retain(|(n, _, _)| *n != name);
+    sessions.push((name, std::time::Instant::now(), target.clone()));
     Ok(target)
 }
 
@@ -140,6 +151,10 @@ async fn build_layout(
         e => OpenStackError::Image(e),
     })
 }
+
+/// An upload attempt that moves no data for this long is abandoned (and retried): a server that stopped reading is
+/// otherwise only noticed by TCP keepalive much later.
+const STALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// sha512 and md5 of the bytes sent, computed as they are read.
 struct Digests {
@@ -308,10 +323,20 @@ async fn send_data(
         let digests = Digests { sha512: Sha512::new(), md5: Md5::new() };
         let running = stream::spawn(Arc::clone(&layout), Arc::clone(&image.data), digests, options.cancel.clone());
         let bar = progress.clone();
-        let body = stream::body(running.body, move |n| bar.inc(n));
+        let watch = Arc::new(stream::BodyWatch::default());
+        let body = stream::body(running.body, Arc::clone(&watch), move |n| bar.inc(n));
         let sent = tokio::select! {
             sent = target.glance.upload(id, body) => sent,
             () = options.cancel.cancelled() => Err(OpenStackError::Interrupted),
+            () = stream::stalled(&watch, STALL_LIMIT) => Err(OpenStackError::Transport {
+                what: format!("uploading the data of Glance image {id}"),
+                message: format!(
+                    "Glance took no data for {} s after {} bytes; giving up on this attempt",
+                    STALL_LIMIT.as_secs(),
+                    watch.sent()
+                ),
+                retry: true,
+            }),
         };
         let read = running.reader.await.map_err(|e| std::io::Error::other(e.to_string())).and_then(|r| r);
         let error = match (sent, read) {

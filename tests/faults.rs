@@ -229,3 +229,42 @@ fn ctrl_c_at_seeded_points_leaves_no_snapshot_or_ami_in_aws() {
         assert_no_secrets(&stderr);
     }
 }
+
+#[test]
+fn ctrl_c_at_seeded_points_leaves_no_file_behind() {
+    use std::os::unix::fs::FileExt;
+    // 192 MiB of random letters (compressible, so deflate works hard) as tar.gz: long enough that every point
+    // falls before the end.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let image = dir.path().join("data.raw");
+    let file = std::fs::File::create(&image).expect("create");
+    file.set_len(512 << 20).expect("size");
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut chunk = vec![0u8; 16 << 20];
+    for i in 0..12u64 {
+        for b in chunk.iter_mut() {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *b = b'a' + (state % 16) as u8;
+        }
+        file.write_all_at(&chunk, (i * 40) << 20).expect("write");
+    }
+    for at in points(31, 5, 100, 900) {
+        let ws = support::Workspace::new();
+        ws.write(
+            "uplosi.conf",
+            "[base]\nname = \"podvm\"\nimageVersionFile = \"version.txt\"\nprovider = \"file\"\n[base.file]\n\
+             path = \"pool/{{.Name}}-{{.Version}}.tar.gz\"\nformat = \"tar.gz\"\n",
+        )
+        .write("version.txt", "1.2.3\n");
+        std::fs::create_dir_all(ws.path().join("pool")).expect("pool");
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+        cmd.current_dir(ws.path()).env_remove("RUST_LOG").arg("upload").arg(&image).arg("-i");
+        let (code, stderr) = interrupt_after(cmd, at);
+        assert_eq!(code, Some(130), "SIGINT after {at} ms: {stderr}");
+        let left: Vec<_> = std::fs::read_dir(ws.path().join("pool")).expect("pool").collect();
+        assert!(left.is_empty(), "after {at} ms: {left:?}");
+        assert_eq!(ws.read("version.txt").trim(), "1.2.3", "after {at} ms");
+    }
+}

@@ -330,9 +330,10 @@ fn glance_dying_mid_upload_fails_with_exit_1_and_leaves_no_record() {
     let (ws, mut child) = start_slow_upload(&keystone, dir.path());
     let id = wait_saving(&glance, &mut child);
     std::thread::sleep(Duration::from_secs(13));
-    // A crash: the record stays `saving` in the database, which no retry can fix; the restarted service lets
-    // uplosi delete it.
+    // A crash, and the service is back some seconds later: the record stays `saving` in the database, which no
+    // retry can fix; uplosi's cleanup waits for the service and deletes it.
     glance.kill();
+    std::thread::sleep(Duration::from_secs(5));
     glance.restart();
     let out = child.wait_with_output().expect("wait");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -56,6 +56,11 @@ impl Glance {
         Self { client, base: format!("{}/v2", root.trim_end_matches('/')), token, retry: RetryPolicy::default() }
     }
 
+    /// The same endpoint with another retry policy for its calls.
+    pub fn with_retry(&self, retry: RetryPolicy) -> Self {
+        Self { retry, ..self.clone() }
+    }
+
     /// The URL of `path` (which starts with `/`).
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)

@@ -213,9 +213,15 @@ pub async fn upload(
 }
 
 /// Deletes the record of a failed or interrupted upload. It runs after Ctrl-C too: the cancel flag is not
-/// consulted, and the control-call retry policy bounds it.
+/// consulted. It is patient (about a minute at most) because the failure may have been Glance itself going away
+/// for a moment, and a record left behind is worse than a late exit.
 async fn remove_unfinished(glance: &Glance, id: &str) {
-    match glance.delete(id).await {
+    let patient = RetryPolicy {
+        max_attempts: 12,
+        base_delay: std::time::Duration::from_millis(500),
+        max_delay: std::time::Duration::from_secs(10),
+    };
+    match glance.with_retry(patient).delete(id).await {
         Ok(()) => tracing::info!("openstack: deleted the unfinished image {id}"),
         Err(e) => tracing::error!(
             "openstack: could not delete the unfinished image {id} ({e}); delete it with `openstack image delete {id}`"

@@ -61,18 +61,27 @@ where
             write!(writer, "{name} ")?;
         }
         // The variant a line belongs to (release::span), so parallel variants' lines can be told apart.
+        let mut variant = None;
         if let Some(scope) = ctx.event_scope() {
             for span in scope.from_root().filter(|s| s.name() == "variant") {
                 if let Some(fields) = span.extensions().get::<FormattedFields<N>>() {
                     let plain = strip_ansi(&fields.fields);
-                    let name = plain.trim_start_matches("name=");
-                    if !name.is_empty() {
-                        write!(writer, "{name}: ")?;
-                    }
+                    variant = Some(plain.trim_start_matches("name=").to_string());
                 }
             }
         }
-        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        if let Some(name) = variant.as_deref().filter(|n| !n.is_empty()) {
+            write!(writer, "{name}: ")?;
+        }
+        let mut message = String::new();
+        ctx.field_format().format_fields(Writer::new(&mut message), event)?;
+        writer.write_str(&message)?;
+        // On a terminal, the variant's stage line shows its latest step.
+        if let Some(name) = &variant
+            && level <= Level::INFO
+        {
+            crate::progress::stage_from_log(name, &strip_ansi(&message));
+        }
         writeln!(writer)
     }
 }

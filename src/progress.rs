@@ -37,17 +37,29 @@ fn visible() -> bool {
     !QUIET.load(Ordering::Relaxed) && std::io::stderr().is_terminal()
 }
 
-/// One line per variant on a terminal: its name and stage (checking, waiting, uploading, done or failed), above
-/// the transfer bars. Hidden when stderr is not a terminal, where the log lines say the same.
+/// One line per variant on a terminal: its name and stage (waiting, the latest step it logged, done or failed),
+/// above the transfer bars. Hidden when stderr is not a terminal, where the log lines say the same.
 #[derive(Clone, Debug)]
 pub struct StageLine {
     bar: ProgressBar,
     name: String,
 }
 
+/// The stage lines of running variants by their span name, for [`stage_from_log`].
+static STAGES: Mutex<Option<HashMap<String, StageLine>>> = Mutex::new(None);
+
+/// Shows `message` (a log line of variant `key`) as that variant's stage, if it has a running stage line.
+pub fn stage_from_log(key: &str, message: &str) {
+    let stages = STAGES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(line) = stages.as_ref().and_then(|s| s.get(key)) {
+        let short: String = message.chars().take(100).collect();
+        line.set(&short);
+    }
+}
+
 impl StageLine {
-    /// A line for variant `name`.
-    pub fn new(name: &str) -> Self {
+    /// A line for the variant whose span is named `key`, shown as `name`.
+    pub fn new(key: &str, name: &str) -> Self {
         let bar = if visible() { bars().add(ProgressBar::new_spinner()) } else { ProgressBar::hidden() };
         if !bar.is_hidden() {
             if let Ok(style) = ProgressStyle::with_template("{spinner} {msg}") {
@@ -57,6 +69,13 @@ impl StageLine {
         }
         let line = Self { bar, name: name.to_string() };
         line.set("waiting");
+        if !line.bar.is_hidden() {
+            STAGES
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .insert(key.into(), line.clone());
+        }
         line
     }
 
@@ -67,6 +86,9 @@ impl StageLine {
 
     /// Shows the final `state` and stops the spinner; the line stays.
     pub fn finish(&self, state: &str) {
+        if let Some(stages) = STAGES.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            stages.retain(|_, line| line.name != self.name);
+        }
         self.bar.finish_with_message(format!("{}: {state}", self.name));
     }
 }

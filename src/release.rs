@@ -110,7 +110,8 @@ pub async fn run(
     let uploads = variants.iter().zip(&outcomes).map(|(cfg, checked)| {
         let permits = Arc::clone(&permits);
         let failed_check = checked.is_some();
-        let line = StageLine::new(&cfg.variant.clone().unwrap_or_else(|| cfg.provider.as_str().to_string()));
+        let key = cfg.variant.clone().unwrap_or_default();
+        let line = StageLine::new(&key, cfg.variant.as_deref().unwrap_or(cfg.provider.as_str()));
         async move {
             if failed_check {
                 line.finish("failed its check");

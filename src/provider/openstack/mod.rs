@@ -349,9 +349,10 @@ async fn send_data(
             (Ok(()), Ok(done)) => break Ok(done),
             (_, Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => break Err(OpenStackError::Interrupted),
             (Err(OpenStackError::Interrupted), _) => break Err(OpenStackError::Interrupted),
+            // Reading the image failed: final, whatever the request made of its aborted body.
+            (_, Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => break Err(OpenStackError::Read(e)),
             // The reader stops with a broken pipe when the request ended first; the request's error says why.
             (Err(e), _) => e,
-            (Ok(()), Err(e)) if e.kind() != std::io::ErrorKind::BrokenPipe => break Err(OpenStackError::Read(e)),
             (Ok(()), Err(e)) => break Err(OpenStackError::Read(e)),
         };
         if attempt >= policy.max_attempts || !error.verdict().is_retry() {

@@ -27,15 +27,14 @@ fn assert_no_secrets(log: &str) {
 }
 
 fn openstack_workspace(endpoint: &str, image: &Path) -> support::Workspace {
-    let ws = support::Workspace::new();
-    ws.write(
-        "uplosi.conf",
+    let ws = support::Workspace::with_image(
         "[base]\nname = \"podvm\"\nimageVersionFile = \"version.txt\"\nprovider = \"openstack\"\n[base.openstack]\ncloud = \"test\"\n",
-    )
-    .write("version.txt", "1.2.3\n")
-    .write("clouds.yaml", &format!("clouds:\n  test:\n    auth_type: none\n    image_endpoint_override: {endpoint}\n"));
-    std::fs::remove_file(ws.image()).expect("remove default image");
-    std::os::unix::fs::symlink(image, ws.path().join("system.raw")).expect("link image");
+        image,
+    );
+    ws.write(
+        "clouds.yaml",
+        &format!("clouds:\n  test:\n    auth_type: none\n    image_endpoint_override: {endpoint}\n"),
+    );
     ws
 }
 
@@ -116,15 +115,10 @@ fn assert_nothing_in_aws(runtime: &tokio::runtime::Runtime, moto_url: &str, cont
 }
 
 fn aws_workspace(image: &Path) -> support::Workspace {
-    let ws = support::Workspace::new();
-    ws.write(
-        "uplosi.conf",
+    support::Workspace::with_image(
         "[base]\nname = \"podvm\"\nimageVersionFile = \"version.txt\"\nprovider = \"aws\"\n[base.aws]\nregion = \"us-east-1\"\n",
+        image,
     )
-    .write("version.txt", "1.2.3\n");
-    std::fs::remove_file(ws.image()).expect("remove default image");
-    std::os::unix::fs::symlink(image, ws.path().join("system.raw")).expect("link image");
-    ws
 }
 
 #[test]

@@ -39,8 +39,7 @@ fn entries(dir: &Path) -> Vec<String> {
 fn workspace(conf: &str, image: &Path, name: &str) -> support::Workspace {
     let ws = support::Workspace::new();
     ws.write("uplosi.conf", conf).write("version.txt", "1.2.3\n");
-    std::fs::remove_file(ws.image()).unwrap();
-    std::os::unix::fs::symlink(image, ws.path().join(name)).unwrap();
+    ws.link_image(name, image);
     std::fs::create_dir_all(ws.path().join("pool")).unwrap();
     ws
 }

@@ -12,14 +12,12 @@ use support::glance::{self, Glance, Keystone};
 
 /// A workspace with `uplosi.conf`, `version.txt`, `clouds.yaml` and the image as `system.raw`.
 fn workspace(openstack: &str, clouds: &str, image: &Path) -> support::Workspace {
-    let ws = support::Workspace::new();
     let conf = format!(
         "[base]\nname = \"podvm\"\nimageVersionFile = \"version.txt\"\nprovider = \"openstack\"\n\n[base.openstack]\n\
          cloud = \"test\"\n{openstack}\n"
     );
-    ws.write("uplosi.conf", &conf).write("version.txt", "1.2.3\n").write("clouds.yaml", clouds);
-    std::fs::remove_file(ws.image()).expect("remove default image");
-    std::os::unix::fs::symlink(image, ws.path().join("system.raw")).expect("link image");
+    let ws = support::Workspace::with_image(&conf, image);
+    ws.write("clouds.yaml", clouds);
     ws
 }
 

@@ -33,11 +33,9 @@ path = "pool/{{.Name}}-{{.Version}}.qcow2"
 "#;
 
 fn workspace(glance: &Glance, image: &Path) -> support::Workspace {
-    let ws = support::Workspace::new();
+    let ws = support::Workspace::with_image(CONFIG, image);
     let clouds = format!("clouds:\n  test:\n    auth_type: none\n    image_endpoint_override: {}\n", glance.url);
-    ws.write("uplosi.conf", CONFIG).write("version.txt", "1.2.3\n").write("clouds.yaml", &clouds);
-    std::fs::remove_file(ws.image()).expect("remove default image");
-    std::os::unix::fs::symlink(image, ws.path().join("system.raw")).expect("link image");
+    ws.write("clouds.yaml", &clouds);
     std::fs::create_dir_all(ws.path().join("pool")).expect("pool dir");
     ws
 }

@@ -26,6 +26,20 @@ impl Workspace {
         Self { dir }
     }
 
+    /// A workspace with `conf` as uplosi.conf, `version.txt` at 1.2.3, and `image` linked as `system.raw`.
+    pub fn with_image(conf: &str, image: &Path) -> Self {
+        let ws = Self::new();
+        ws.write("uplosi.conf", conf).write("version.txt", "1.2.3\n");
+        ws.link_image("system.raw", image);
+        ws
+    }
+
+    /// Replaces the default `system.raw` with a link named `name` to `image`.
+    pub fn link_image(&self, name: &str, image: &Path) {
+        std::fs::remove_file(self.image()).expect("remove default image");
+        std::os::unix::fs::symlink(image, self.path().join(name)).expect("link image");
+    }
+
     /// The directory's path.
     pub fn path(&self) -> &Path {
         self.dir.path()

@@ -5,7 +5,8 @@
 # clusters; sfdisk, mkfs.ext4, mkfs.vfat and mtools build the GPT fixture images; objcopy, systemd-boot-efi's stub
 # and Debian's kernel build real UKIs, systemd-measure and pefile check their PCRs; pigz is a benchmark peer; moto
 # is the AWS emulator the tests start on 127.0.0.1; Debian's glance-api is the OpenStack image service they start,
-# with curl to read it back and openssl to make a test CA), then runs `cargo test`.
+# with curl to read it back and openssl to make a test CA; Azurite from npm is the Azure page-blob emulator, and
+# azure-storage-blob the ARM fake's client for it), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,7 +16,7 @@ missing=()
 for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools \
     pigz:pigz objcopy:binutils /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
     /usr/lib/systemd/systemd-measure:systemd dpkg-deb:dpkg glance-api:glance-api glance-manage:glance-api \
-    curl:curl openssl:openssl; do
+    curl:curl openssl:openssl node:nodejs npm:npm; do
     tool="${pair%%:*}" package="${pair##*:}"
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || [ -e "$tool" ] \
         || missing+=("$package")
@@ -32,6 +33,16 @@ export PATH="$PATH:/usr/sbin:/sbin"
 if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
     echo "installing: moto[server] (PyPI)" >&2
     python3 -m pip install --quiet "moto[server]>=5"
+fi
+if ! python3 -c "import azure.storage.blob" >/dev/null 2>&1; then
+    echo "installing: azure-storage-blob (PyPI)" >&2
+    python3 -m pip install --quiet azure-storage-blob
+fi
+if ! command -v azurite-blob >/dev/null 2>&1; then
+    echo "installing: azurite (npm)" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo npm install --global --silent azurite@3.35.0
 fi
 if ! python3 -c "import pefile" >/dev/null 2>&1; then
     echo "installing: pefile (PyPI)" >&2

@@ -84,27 +84,51 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
             let z = &cfg.azure;
             let rg = z.resource_group.as_deref().unwrap_or_default();
             let location = z.location.as_deref().unwrap_or_default();
-            s.push(format!("convert {image} to a fixed VHD (padded to a whole MiB, 512-byte footer)"));
-            s.push(format!("ensure resource group \"{rg}\" in {location}"));
             s.push(format!(
-                "upload to managed disk \"{}\" through a write SAS (page blob, zero ranges skipped)",
-                z.disk_name
+                "check the Entra ID credentials, subscription {} and resource group \"{rg}\" at {}",
+                z.subscription_id.as_deref().unwrap_or_default(),
+                z.resource_manager_endpoint
             ));
             s.push(format!(
-                "ensure gallery \"{}\" (sharing: {}) and image definition \"{}\" ({}/{}/{}, {})",
+                "ensure gallery \"{}\" in {location} (sharing: {}) and image definition \"{}\" ({}/{}/{}, {}, {}, {})",
                 z.shared_image_gallery.as_deref().unwrap_or_default(),
                 z.sharing_profile,
                 z.image_definition_name,
                 z.publisher,
                 z.offer,
                 z.sku,
-                z.attestation_variant
+                crate::provider::azure::gallery::security_type(&z.attestation_variant),
+                z.architecture,
+                "Generalized Linux, HyperV V2"
+            ));
+            if z.replace {
+                s.push(format!("delete an existing version {version} and a leftover disk \"{}\"", z.disk_name));
+            } else {
+                s.push(format!("stop if version {version} or disk \"{}\" exists (replace = false)", z.disk_name));
+            }
+            s.push(format!(
+                "create upload disk \"{}\" and write {image} as a fixed VHD into it (data pages only, parallel Put \
+                 Page of at most 4 MiB with Content-MD5, footer last)",
+                z.disk_name
             ));
             let mut regions = vec![location.to_string()];
             regions.extend(z.replication_regions.iter().cloned());
-            s.push(format!("create gallery image version {version} replicated to {}", list(&regions)));
-            s.push(format!("delete the temporary disk \"{}\"", z.disk_name));
-            s.push("print the gallery image version ID".to_string());
+            s.push(format!(
+                "create gallery image version {version} from the disk in {} ({} replica(s) each, {}{})",
+                list(&regions),
+                z.replica_count,
+                z.storage_account_type,
+                if z.exclude_from_latest { ", excluded from latest" } else { "" }
+            ));
+            if !z.additional_signatures.is_empty() {
+                s.push(format!("add {} UEFI db certificate(s)", z.additional_signatures.len()));
+            }
+            s.push(format!("revoke access to and delete the disk \"{}\"", z.disk_name));
+            s.push(if z.sharing_profile == "community" {
+                "print the community gallery image version ID".to_string()
+            } else {
+                "print the gallery image version ID".to_string()
+            });
         }
         Provider::Gcp => {
             let g = &cfg.gcp;

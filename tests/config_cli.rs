@@ -387,10 +387,16 @@ fn version_completions_and_help() {
 
 #[test]
 fn upload_without_provider_support_fails_before_any_work() {
-    let ws = go_readme_workspace();
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"my-image\"\nimageVersionFile = \"foo-version.txt\"\nprovider = \"gcp\"\n\n[base.gcp]\n\
+         project = \"myproject-123456\"\nlocation = \"europe-west3\"\nbucket = \"my-image-upload\"\n",
+    )
+    .write("foo-version.txt", "2.0.7\n");
     let err = ws.uplosi().args(["upload", "system.raw", "-i"]).assert().code(2).stdout("").get_output().stderr.clone();
     let err = String::from_utf8_lossy(&err);
-    assert!(err.contains("uploading to azure is not available") && err.contains("nothing was uploaded"), "{err}");
+    assert!(err.contains("uploading to gcp is not available") && err.contains("nothing was uploaded"), "{err}");
     assert_eq!(ws.read("foo-version.txt"), "2.0.7\n", "a failed run never bumps the version");
 }
 

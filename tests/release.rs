@@ -1,10 +1,12 @@
-//! The whole release run: variants of every provider this build supports (AWS against moto, OpenStack against a
-//! real glance-api, a local file) in one `uplosi upload`, the manifest, partial failure and `--retry-failed`.
+//! The whole release run: variants of every provider this build supports (AWS against moto, Azure against Azurite
+//! and the ARM fake, OpenStack against a real glance-api, a local file) in one `uplosi upload`, the manifest,
+//! partial failure and `--retry-failed`.
 
 mod support;
 
 use std::path::Path;
 
+use support::azure::{self, Azure};
 use support::fixtures;
 use support::glance::Glance;
 use support::moto;
@@ -32,8 +34,24 @@ provider = "file"
 path = "pool/{{.Name}}-{{.Version}}.qcow2"
 "#;
 
+/// An Azure variant for the ARM fake, appended to [`CONFIG`].
+fn azure_variant(azure: &Azure) -> String {
+    format!(
+        "\n[variant.azure]\nprovider = \"azure\"\n\n[variant.azure.azure]\nsubscriptionID = \"{}\"\n\
+         location = \"eastus\"\nreplicationRegions = [\"westeurope\"]\nresourceGroup = \"{}\"\n\
+         sharedImageGallery = \"release_gallery\"\nresourceManagerEndpoint = \"{}\"\n",
+        azure::SUBSCRIPTION,
+        azure::GROUP,
+        azure.arm_url
+    )
+}
+
 fn workspace(glance: &Glance, image: &Path) -> support::Workspace {
-    let ws = support::Workspace::with_image(CONFIG, image);
+    workspace_with(glance, image, "")
+}
+
+fn workspace_with(glance: &Glance, image: &Path, extra: &str) -> support::Workspace {
+    let ws = support::Workspace::with_image(&format!("{CONFIG}{extra}"), image);
     let clouds = format!("clouds:\n  test:\n    auth_type: none\n    image_endpoint_override: {}\n", glance.url);
     ws.write("clouds.yaml", &clouds);
     std::fs::create_dir_all(ws.path().join("pool")).expect("pool dir");
@@ -71,10 +89,13 @@ fn amis_named(moto_url: &str, name: &str) -> Vec<String> {
 fn one_run_with_every_provider_writes_a_complete_manifest() {
     let server = moto::start();
     let glance = Glance::start();
+    let azure = Azure::start(azure::Options::default());
     let image = fixtures::gpt_image();
-    let ws = workspace(&glance, &image.path);
+    let ws = workspace_with(&glance, &image.path, &azure_variant(&azure));
     let manifest_path = ws.path().join("manifest.json");
-    let out = uplosi(&ws, &server.url)
+    let mut cmd = uplosi(&ws, &server.url);
+    let out = azure
+        .std_env(&mut cmd)
         .args(["upload", "system.raw", "-i", "--jobs", "2", "--output", "json", "--manifest"])
         .arg(&manifest_path)
         .output()
@@ -88,7 +109,7 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     assert_eq!(manifest["version"], "1.2.3");
     assert_eq!(manifest["versionBumped"], true);
     assert_eq!(ws.read("version.txt").trim(), "1.2.4");
-    for name in ["aws", "openstack", "libvirt"] {
+    for name in ["aws", "azure", "openstack", "libvirt"] {
         let v = variant(&manifest, name);
         assert_eq!(v["status"], "ok", "{v}");
         assert_eq!(v["references"].as_array().map(Vec::len), Some(1), "{v}");
@@ -101,9 +122,13 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     assert_eq!(glance.image(glance_id)["status"], "active");
     let path = variant(&manifest, "libvirt")["references"][0].as_str().expect("path");
     assert!(Path::new(path).is_file());
+    let version_id = variant(&manifest, "azure")["references"][0].as_str().expect("version ID");
+    assert!(version_id.ends_with("/galleries/release_gallery/images/podvm/versions/1.2.3"), "{version_id}");
+    assert_eq!(azure.calls("PUT", "/versions/1.2.3").len(), 1);
+    assert!(azure.blobs().is_empty(), "the upload disk is gone");
     // The old shape: one entry per reference with variant, provider and reference.
     let refs = manifest["references"].as_array().expect("references");
-    assert_eq!(refs.len(), 3);
+    assert_eq!(refs.len(), 4);
     assert!(
         refs.iter().any(|r| r["variant"] == "openstack" && r["provider"] == "openstack" && r["reference"] == glance_id)
     );
@@ -115,7 +140,8 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     }
     assert!(stderr.lines().any(|l| l.contains("INFO openstack: openstack: created image")), "{stderr}");
     assert!(stderr.lines().any(|l| l.contains("INFO aws: ")), "{stderr}");
-    for secret in ["Signature=", "Credential=", "X-Auth-Token"] {
+    assert!(stderr.lines().any(|l| l.contains("INFO azure: azure: creating disk")), "{stderr}");
+    for secret in ["Signature=", "Credential=", "X-Auth-Token", azure::CLIENT_SECRET, "Bearer arm-"] {
         assert!(!stderr.contains(secret), "{secret} in the log");
     }
 }

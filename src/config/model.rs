@@ -109,7 +109,20 @@ pub struct AzureConfig {
     pub sku: String,
     pub publisher: String,
     pub disk_name: String,
+    /// UEFI `db` certificates: paths of DER files (made absolute against the config directory) or inline base64 DER.
     pub additional_signatures: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub community_eula: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher_email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publisher_uri: Option<String>,
+    pub architecture: String,
+    pub replica_count: i64,
+    pub storage_account_type: String,
+    pub exclude_from_latest: bool,
+    pub replace: bool,
+    pub resource_manager_endpoint: String,
 }
 
 /// `[….gcp]`, rendered.
@@ -187,6 +200,23 @@ pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
         seconds += number * scale;
     }
     (seconds.is_finite() && seconds < 1e9).then(|| std::time::Duration::from_secs_f64(seconds))
+}
+
+/// `replicationRegions` without the primary region and without repeats. Real configs list the primary region too
+/// (cloud-api-adaptor documents `location = "eastus"` with `replicationRegions = ["eastus", "eastus2", …]`); the
+/// image is already there, so the entry is skipped rather than refused.
+fn replication_regions(primary: Option<&str>, listed: Vec<String>) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::with_capacity(listed.len());
+    for region in listed {
+        if Some(region.as_str()) == primary {
+            tracing::debug!("replicationRegions: skipping the primary region \"{region}\"; the image is already there");
+        } else if kept.contains(&region) {
+            tracing::debug!("replicationRegions: skipping the repeated \"{region}\"");
+        } else {
+            kept.push(region);
+        }
+    }
+    kept
 }
 
 /// `[….file]`, rendered.
@@ -425,9 +455,10 @@ pub fn resolve(
     };
     use Section::*;
     let measurements_file = r.opt_string(Common, "measurementsFile").filter(|p| !p.is_empty()).map(|p| dir.join(p));
+    let aws_region = r.opt_string(Aws, "region");
     let aws = AwsConfig {
-        region: r.opt_string(Aws, "region"),
-        replication_regions: r.list(Aws, "replicationRegions"),
+        replication_regions: replication_regions(aws_region.as_deref(), r.list(Aws, "replicationRegions")),
+        region: aws_region,
         ami_name: r.string(Aws, "amiName"),
         ami_description: r.string(Aws, "amiDescription"),
         bucket: r.opt_string(Aws, "bucket"),
@@ -447,10 +478,11 @@ pub fn resolve(
         launch_permissions: r.list(Aws, "launchPermissions"),
         ssm_parameter: r.opt_string(Aws, "ssmParameter").filter(|p| !p.is_empty()),
     };
+    let azure_location = r.opt_string(Azure, "location");
     let azure = AzureConfig {
         subscription_id: r.opt_string(Azure, "subscriptionID"),
-        location: r.opt_string(Azure, "location"),
-        replication_regions: r.list(Azure, "replicationRegions"),
+        replication_regions: replication_regions(azure_location.as_deref(), r.list(Azure, "replicationRegions")),
+        location: azure_location,
         resource_group: r.opt_string(Azure, "resourceGroup"),
         attestation_variant: r.string(Azure, "attestationVariant"),
         shared_image_gallery: r.opt_string(Azure, "sharedImageGallery"),
@@ -461,7 +493,24 @@ pub fn resolve(
         sku: r.string(Azure, "sku"),
         publisher: r.string(Azure, "publisher"),
         disk_name: r.string(Azure, "diskName"),
-        additional_signatures: r.list(Azure, "additionalSignatures"),
+        additional_signatures: r
+            .list(Azure, "additionalSignatures")
+            .into_iter()
+            .map(|entry| {
+                // A path (relative to the config directory) to a DER certificate, or the Go tool's inline base64.
+                let path = dir.join(&entry);
+                if !entry.is_empty() && path.is_file() { path.to_string_lossy().into_owned() } else { entry }
+            })
+            .collect(),
+        community_eula: r.opt_string(Azure, "communityEula"),
+        publisher_email: r.opt_string(Azure, "publisherEmail"),
+        publisher_uri: r.opt_string(Azure, "publisherUri"),
+        architecture: r.string(Azure, "architecture"),
+        replica_count: r.int(Azure, "replicaCount"),
+        storage_account_type: r.string(Azure, "storageAccountType"),
+        exclude_from_latest: r.bool(Azure, "excludeFromLatest"),
+        replace: r.bool(Azure, "replace"),
+        resource_manager_endpoint: r.string(Azure, "resourceManagerEndpoint"),
     };
     let gcp = GcpConfig {
         project: r.opt_string(Gcp, "project"),
@@ -525,6 +574,13 @@ pub fn resolve(
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn replication_regions_drop_the_primary_and_repeats() {
+        let listed = ["eastus", "eastus2", "westeurope", "eastus2", "northeurope"].map(String::from).to_vec();
+        assert_eq!(replication_regions(Some("eastus"), listed), ["eastus2", "westeurope", "northeurope"]);
+        assert_eq!(replication_regions(None, vec!["a".into(), "a".into()]), ["a"]);
+    }
 
     #[test]
     fn go_durations_parse_like_go() {

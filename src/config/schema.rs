@@ -161,6 +161,16 @@ pub const AZURE_KEYS: &[KeySpec] = &[
     tmpl("publisher", Some("\"Contoso\"")),
     tmpl("diskName", Some("\"{{.Name}}-{{.Version}}\"")),
     with_default("additionalSignatures", Kind::StringList, "[]"),
+    // Community gallery publisher details; unset, the Go tool's placeholders are used with a warning.
+    key("communityEula", Kind::String),
+    key("publisherEmail", Kind::String),
+    key("publisherUri", Kind::String),
+    with_default("architecture", Kind::String, "\"x64\""),
+    with_default("replicaCount", Kind::Integer, "1"),
+    with_default("storageAccountType", Kind::String, "\"Standard_LRS\""),
+    with_default("excludeFromLatest", Kind::Bool, "false"),
+    with_default("replace", Kind::Bool, "true"),
+    with_default("resourceManagerEndpoint", Kind::String, "\"https://management.azure.com\""),
 ];
 
 /// Keys of `[….gcp]`.

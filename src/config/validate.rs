@@ -70,20 +70,10 @@ impl Checker<'_> {
         }
     }
 
-    fn regions(&mut self, section: Section, primary: Option<&str>, regions: &[String]) {
-        let mut seen = std::collections::BTreeSet::new();
-        for region in regions {
-            if region.trim().is_empty() {
-                self.fail(section, "replicationRegions", "replicationRegions contains an empty entry".into());
-            } else if Some(region.as_str()) == primary {
-                self.fail(
-                    section,
-                    "replicationRegions",
-                    format!("replicationRegions contains the primary region \"{region}\"; remove it, the image is already there"),
-                );
-            } else if !seen.insert(region.as_str()) {
-                self.fail(section, "replicationRegions", format!("replicationRegions lists \"{region}\" twice"));
-            }
+    /// Primary-region and repeated entries were already dropped when the config was resolved.
+    fn regions(&mut self, section: Section, regions: &[String]) {
+        if regions.iter().any(|r| r.trim().is_empty()) {
+            self.fail(section, "replicationRegions", "replicationRegions contains an empty entry".into());
         }
     }
 
@@ -143,7 +133,7 @@ impl Checker<'_> {
         {
             self.fail(Aws, "ssmParameter", format!("ssmParameter \"{name}\" must start with `/` when it has a path"));
         }
-        self.regions(Aws, a.region.as_deref(), &a.replication_regions);
+        self.regions(Aws, &a.replication_regions);
         // AWS RegisterImage: 3-128 characters of letters, digits, ( ) [ ] space . / - ' @ _
         let ami_ok = |c: char| c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c);
         let n = a.ami_name.chars().count();
@@ -195,7 +185,7 @@ impl Checker<'_> {
         self.required(Azure, "location", z.location.as_deref());
         self.required(Azure, "resourceGroup", z.resource_group.as_deref());
         self.required(Azure, "sharedImageGallery", z.shared_image_gallery.as_deref());
-        self.regions(Azure, z.location.as_deref(), &z.replication_regions);
+        self.regions(Azure, &z.replication_regions);
         if let Some(id) = z.subscription_id.as_deref().filter(|s| !s.is_empty())
             && !is_guid(id)
         {
@@ -279,12 +269,73 @@ impl Checker<'_> {
                 format!("imageDefinitionName \"{}\" must be 1 to 80 letters, digits, `_ - .`, starting and ending with a letter or digit", z.image_definition_name),
             );
         }
-        if !dashed_name(&z.disk_name) {
+        if !(dashed_name(&z.disk_name)
+            && z.disk_name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && z.disk_name.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_'))
+        {
             self.fail(
                 Azure,
                 "diskName",
-                format!("diskName \"{}\" must be 1 to 80 letters, digits, `_ - .`", z.disk_name),
+                format!(
+                    "diskName \"{}\" must be 1 to 80 letters, digits, `_ - .`, starting with a letter or digit and ending with a letter, digit or `_`",
+                    z.disk_name
+                ),
             );
+        }
+        let choices: [(&str, &str, &[&str]); 2] = [
+            ("architecture", &z.architecture, &["x64", "Arm64"]),
+            ("storageAccountType", &z.storage_account_type, &["Standard_LRS", "Standard_ZRS", "Premium_LRS"]),
+        ];
+        for (key, value, allowed) in choices {
+            if !allowed.contains(&value) {
+                let shown: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+                self.fail(Azure, key, format!("{key} \"{value}\" must be one of {}", shown.join(", ")));
+            }
+        }
+        if !(1..=100).contains(&z.replica_count) {
+            self.fail(Azure, "replicaCount", format!("replicaCount {} must be 1 to 100", z.replica_count));
+        }
+        for region in z.location.iter().chain(&z.replication_regions) {
+            if !region.is_empty() && !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+                let key = if Some(region) == z.location.as_ref() { "location" } else { "replicationRegions" };
+                self.fail(
+                    Azure,
+                    key,
+                    format!("\"{region}\" is not an Azure region name such as \"eastus\" (lowercase, no spaces)"),
+                );
+            }
+        }
+        match z.resource_manager_endpoint.split_once("://") {
+            Some(("https", host)) if !host.is_empty() => {}
+            _ => self.fail(
+                Azure,
+                "resourceManagerEndpoint",
+                format!(
+                    "resourceManagerEndpoint \"{}\" must be an https URL such as \"https://management.azure.com\"",
+                    z.resource_manager_endpoint
+                ),
+            ),
+        }
+        if let Some(email) = z.publisher_email.as_deref()
+            && !email.contains('@')
+        {
+            self.fail(Azure, "publisherEmail", format!("publisherEmail \"{email}\" is not an email address"));
+        }
+        if let Some(uri) = z.publisher_uri.as_deref()
+            && !(uri.starts_with("https://") || uri.starts_with("http://"))
+        {
+            self.fail(Azure, "publisherUri", format!("publisherUri \"{uri}\" must be an http(s) URL"));
+        }
+        for entry in &z.additional_signatures {
+            if crate::provider::azure::signature_der(entry).is_none() {
+                self.fail(
+                    Azure,
+                    "additionalSignatures",
+                    format!(
+                        "additionalSignatures entry \"{entry}\" is neither a DER certificate file (paths are relative to the config file) nor base64 of one"
+                    ),
+                );
+            }
         }
         for (key, value) in [("offer", &z.offer), ("sku", &z.sku), ("publisher", &z.publisher)] {
             if value.is_empty() || value.len() > 128 {

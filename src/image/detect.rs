@@ -93,7 +93,7 @@ pub fn detect(file: &File, size: u64) -> std::io::Result<DetectedFormat> {
         DetectedFormat::Bzip2
     } else if head.len() >= 263 && &head[257..262] == b"ustar" {
         DetectedFormat::Tar
-    } else if size >= 1024 && size % 512 == 0 && {
+    } else if size >= 1024 && size.is_multiple_of(512) && {
         let mut footer = [0u8; 8];
         super::read_full_at(file, &mut footer, size - 512)? == 8 && &footer == b"conectix"
     } {

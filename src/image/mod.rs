@@ -214,7 +214,7 @@ impl SourceImage {
         threads: usize,
         cancel: &(dyn Fn() -> bool + Sync),
     ) -> Result<ExtentMap, ImageError> {
-        let base = if block % SHARED_SCAN_BLOCK == 0 { SHARED_SCAN_BLOCK } else { block };
+        let base = if block.is_multiple_of(SHARED_SCAN_BLOCK) { SHARED_SCAN_BLOCK } else { block };
         let slot = Arc::clone(self.scans.lock().unwrap_or_else(|p| p.into_inner()).entry(base).or_default());
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
         let map = match &*slot {

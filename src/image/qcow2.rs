@@ -330,7 +330,7 @@ fn read_table(file: &File, file_len: u64, offset: u64, entries: u64, what: &str)
     if bytes > MAX_TABLE_BYTES {
         return Err(corrupt(format!("{what} would be {bytes} bytes")));
     }
-    if offset % 512 != 0 || offset.saturating_add(bytes) > file_len {
+    if !offset.is_multiple_of(512) || offset.saturating_add(bytes) > file_len {
         return Err(corrupt(format!(
             "{what} at bytes {offset}..{} lies outside the {file_len}-byte file",
             offset.saturating_add(bytes)

@@ -60,7 +60,8 @@ impl<'a> PeFile<'a> {
         let ranges: Vec<&[u8]> = self.pe.authenticode_ranges().collect();
         // goblin appends (8 - size % 8) zero bytes as its last range when the size is not a multiple of 8;
         // EDK2 hashes no such padding.
-        let unpadded = if self.bytes.len() % 8 != 0 { &ranges[..ranges.len().saturating_sub(1)] } else { &ranges[..] };
+        let unpadded =
+            if !self.bytes.len().is_multiple_of(8) { &ranges[..ranges.len().saturating_sub(1)] } else { &ranges[..] };
         let mut hash = Sha256::new();
         for range in unpadded {
             hash.update(range);

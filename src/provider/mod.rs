@@ -2,6 +2,7 @@
 //! itself. No provider knows about another; this module only dispatches.
 
 pub mod aws;
+pub mod azure;
 pub mod file;
 pub mod openstack;
 
@@ -42,6 +43,9 @@ pub enum ProviderError {
     /// AWS failed.
     #[error(transparent)]
     Aws(#[from] aws::AwsError),
+    /// Azure failed.
+    #[error(transparent)]
+    Azure(#[from] azure::AzureError),
     /// The local file export failed.
     #[error(transparent)]
     File(#[from] file::FileError),
@@ -66,6 +70,7 @@ impl ProviderError {
     pub fn is_interrupted(&self) -> bool {
         match self {
             ProviderError::Aws(e) => matches!(e, aws::AwsError::Interrupted),
+            ProviderError::Azure(e) => matches!(e, azure::AzureError::Interrupted),
             ProviderError::File(e) => e.is_interrupted(),
             ProviderError::OpenStack(e) => matches!(e, openstack::OpenStackError::Interrupted),
             ProviderError::Unavailable { .. } => false,
@@ -75,6 +80,7 @@ impl ProviderError {
     /// Whether the problem was found before any work and is the user's to fix (exit code 2).
     pub fn is_usage(&self) -> bool {
         match self {
+            ProviderError::Azure(e) => e.is_usage(),
             ProviderError::File(e) => e.is_usage(),
             ProviderError::OpenStack(e) => e.is_usage(),
             ProviderError::Unavailable { .. } => true,
@@ -85,7 +91,10 @@ impl ProviderError {
 
 /// Fails before any work if a provider of `variants` cannot be uploaded to by this build.
 pub fn check_supported(variants: &[VariantConfig]) -> Result<(), ProviderError> {
-    match variants.iter().find(|v| !matches!(v.provider, Provider::Aws | Provider::File | Provider::OpenStack)) {
+    match variants
+        .iter()
+        .find(|v| !matches!(v.provider, Provider::Aws | Provider::Azure | Provider::File | Provider::OpenStack))
+    {
         Some(v) => Err(ProviderError::Unavailable { provider: v.provider.as_str(), variant: v.label() }),
         None => Ok(()),
     }
@@ -95,6 +104,7 @@ pub fn check_supported(variants: &[VariantConfig]) -> Result<(), ProviderError> 
 pub async fn preflight(cfg: &VariantConfig) -> Result<(), ProviderError> {
     match cfg.provider {
         Provider::Aws => Ok(aws::preflight(cfg).await?),
+        Provider::Azure => Ok(azure::preflight(cfg).await?),
         Provider::File => Ok(file::preflight(cfg)?),
         Provider::OpenStack => Ok(openstack::preflight(cfg).await?),
         other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
@@ -114,6 +124,7 @@ pub async fn upload(
             .into_iter()
             .map(|arn| Reference { region: arn.split(':').nth(3).map(str::to_string), value: arn })
             .collect()),
+        Provider::Azure => Ok(azure::upload(cfg, image, options).await?),
         Provider::File => Ok(file::upload(cfg, image, options).await?.into_iter().map(Reference::global).collect()),
         Provider::OpenStack => Ok(openstack::upload(cfg, image, options).await?),
         other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),

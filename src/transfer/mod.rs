@@ -6,6 +6,7 @@
 //! everything else about retrying, limiting and waiting lives here.
 
 pub mod http;
+pub mod session;
 pub mod stream;
 
 use std::future::Future;
@@ -152,15 +153,32 @@ where
         if failure.is_some() {
             break;
         }
-        // Ctrl-C does not wait for a slot: in-flight requests are aborted below.
-        let permit = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => permit,
-            () = cancel.cancelled() => {
-                failure.get_or_insert(Stopped::Interrupted);
-                break;
+        // Waiting for a slot, the tasks in flight are watched: one that fails stops the run at once (its siblings
+        // would otherwise keep retrying until one of them frees a slot). Ctrl-C does not wait for a slot either;
+        // in-flight requests are aborted below.
+        let permit = loop {
+            tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => break permit.ok(),
+                Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                    record(done, &mut results, &mut failure);
+                    if failure.is_some() {
+                        break None;
+                    }
+                }
+                () = cancel.cancelled() => {
+                    failure.get_or_insert(Stopped::Interrupted);
+                    break None;
+                }
             }
         };
-        let Ok(permit) = permit else { break };
+        let Some(permit) = permit else { break };
+        // The slot may have been freed by a task that failed: no new unit starts after a failure.
+        while let Some(done) = tasks.try_join_next() {
+            record(done, &mut results, &mut failure);
+        }
+        if failure.is_some() {
+            break;
+        }
         let future = task(unit);
         tasks.spawn(async move {
             let _permit = permit;
@@ -307,6 +325,26 @@ mod tests {
         let interrupted: Result<Vec<u64>, Stopped<String>> =
             run_bounded(0..10, 2, &cancel, |u| async move { Ok(u) }).await;
         assert!(matches!(interrupted, Err(Stopped::Interrupted)));
+    }
+
+    #[tokio::test]
+    async fn a_failure_stops_the_run_while_all_slots_are_busy() {
+        // Unit 0 fails at once; the others would run for an hour. The failure must end the run without waiting for
+        // a slot to free up.
+        let cancel = Cancel::new();
+        let started = std::time::Instant::now();
+        let failed: Result<Vec<u64>, Stopped<String>> = run_bounded(0..10, 3, &cancel, |u| async move {
+            if u == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Err("unit 0".to_string())
+            } else {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(u)
+            }
+        })
+        .await;
+        assert!(matches!(failed, Err(Stopped::Failed(ref e)) if e == "unit 0"));
+        assert!(started.elapsed() < Duration::from_secs(5), "stopped after {:?}", started.elapsed());
     }
 
     #[tokio::test]

@@ -11,12 +11,20 @@ same generator:
     delay    the request is held --delay seconds (default 1.5), then forwarded normally
 Everything else, and the data-plane requests that draw no fault, are forwarded unchanged (Host header included,
 so signatures stay valid). Counts per fault and forwarded requests go to --stats as JSON.
+
+--check-azure-pages makes the proxy check what Azurite does not: every Put Page (PUT ?comp=page) must carry a
+Content-MD5 matching its body, at most 4 MiB, and a 512-aligned range of exactly the body's length; a violation is
+answered 400 (Md5Mismatch / InvalidPageRange) and counted in "page_errors". Forwarded Put Page requests and their
+body bytes are counted in "pages" and "page_bytes".
 """
 
 import argparse
+import base64
+import hashlib
 import http.client
 import http.server
 import json
+import os
 import random
 import re
 import socket
@@ -30,12 +38,14 @@ from httpbody import read_body
 args = None
 lock = threading.Lock()
 rng = None
-stats = {"matched": 0, "forwarded": 0, "faults": {}}
+stats = {"matched": 0, "forwarded": 0, "faults": {}, "pages": 0, "page_bytes": 0, "page_errors": 0}
 
 
 def save():
-    with open(args.stats, "w") as f:
+    # Atomically, so a reader never sees a half-written file.
+    with open(args.stats + ".tmp", "w") as f:
         json.dump(stats, f)
+    os.replace(args.stats + ".tmp", args.stats)
 
 
 def draw():
@@ -66,17 +76,26 @@ class Handler(http.server.BaseHTTPRequestHandler):
         return read_body(self)
 
     def reply(self, status, data, headers):
-        self.send_response(status)
-        for k, v in headers:
-            self.send_header(k, v)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response(status)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):
+            # The client gave up on this request (Ctrl-C, an aborted sibling of a failed upload).
+            self.close_connection = True
 
     def handle_any(self):
         path = urllib.parse.urlparse(self.path).path
         fault = draw() if re.search(args.match, f"{self.command} {path}") else None
-        body = self.read_body()
+        try:
+            body = self.read_body()
+        except (ValueError, OSError):
+            # The client went away in the middle of its body (Ctrl-C, an aborted request).
+            self.close_connection = True
+            return
         if fault == "reset":
             self.close_connection = True
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -90,7 +109,30 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.reply(status, data, headers)
         if fault == "delay":
             time.sleep(args.delay)
+        query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+        if args.check_azure_pages and self.command == "PUT" and query.get("comp") == ["page"]:
+            problem = self.page_problem(body)
+            if problem:
+                with lock:
+                    stats["page_errors"] += 1
+                    save()
+                data = json.dumps({"code": problem[0], "message": problem[1]}).encode()
+                return self.reply(400, data, [("Content-Type", "application/json"), ("x-ms-error-code", problem[0])])
         self.forward(body)
+
+    def page_problem(self, body):
+        md5 = self.headers.get("Content-MD5")
+        if md5 is None or base64.b64decode(md5) != hashlib.md5(body).digest():
+            return ("Md5Mismatch", f"Content-MD5 {md5} does not match the body")
+        if len(body) > 4 << 20:
+            return ("RequestBodyTooLarge", f"a Put Page body is at most 4 MiB, got {len(body)}")
+        match = re.match(r"bytes=(\d+)-(\d+)$", self.headers.get("x-ms-range") or self.headers.get("Range") or "")
+        if not match:
+            return ("InvalidPageRange", "no range")
+        start, end = int(match.group(1)), int(match.group(2))
+        if start % 512 or (end + 1) % 512 or end - start + 1 != len(body):
+            return ("InvalidPageRange", f"range {start}-{end} is not 512-aligned or not the body's length {len(body)}")
+        return None
 
     def forward(self, body):
         upstream = urllib.parse.urlparse(args.upstream)
@@ -110,6 +152,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             conn.close()
         with lock:
             stats["forwarded"] += 1
+            if args.check_azure_pages and self.command == "PUT" and "comp=page" in self.path and response.status == 201:
+                stats["pages"] += 1
+                stats["page_bytes"] += len(body)
             save()
         passed = [(k, v) for k, v in response.getheaders()
                   if k.lower() not in ("transfer-encoding", "content-length", "connection", "date", "server")]
@@ -129,6 +174,7 @@ def main():
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--faults", default="500,503,429,reset,delay")
     parser.add_argument("--delay", type=float, default=1.5)
+    parser.add_argument("--check-azure-pages", action="store_true")
     args = parser.parse_args()
     args.faults = args.faults.split(",")
     rng = random.Random(args.seed)

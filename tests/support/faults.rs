@@ -21,6 +21,16 @@ impl FaultProxy {
 
     /// Like [`FaultProxy::start`], with `delay` seconds for the `delay` fault.
     pub fn start_with_delay(upstream: &str, pattern: &str, rate: f64, seed: u64, faults: &str, delay: f64) -> Self {
+        Self::spawn(upstream, pattern, rate, seed, faults, delay, false)
+    }
+
+    /// Like [`FaultProxy::start_with_delay`], also checking every Azure Put Page (Content-MD5, at most 4 MiB,
+    /// 512-aligned range) and counting the page bytes forwarded (`stats()["page_bytes"]`).
+    pub fn start_azure_pages(upstream: &str, rate: f64, seed: u64, faults: &str, delay: f64) -> Self {
+        Self::spawn(upstream, "^PUT /devstoreaccount1/", rate, seed, faults, delay, true)
+    }
+
+    fn spawn(upstream: &str, pattern: &str, rate: f64, seed: u64, faults: &str, delay: f64, pages: bool) -> Self {
         let stats = tempfile::NamedTempFile::new().expect("stats file");
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fault_proxy.py");
@@ -30,6 +40,7 @@ impl FaultProxy {
             .args(["--rate", &rate.to_string(), "--seed", &seed.to_string(), "--faults", faults])
             .args(["--delay", &delay.to_string(), "--stats"])
             .arg(stats.path())
+            .args(pages.then_some("--check-azure-pages"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -256,6 +256,16 @@ impl TestCa {
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }
+
+    /// The server certificate for 127.0.0.1 (PEM).
+    pub fn server_cert(&self) -> PathBuf {
+        self.dir.path().join("server.pem")
+    }
+
+    /// The server certificate's private key (PEM).
+    pub fn server_key(&self) -> PathBuf {
+        self.dir.path().join("server.key")
+    }
 }
 
 impl Keystone {

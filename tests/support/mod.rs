@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests.
 #![allow(dead_code)]
 
+pub mod azure;
 pub mod faults;
 pub mod fixtures;
 pub mod glance;

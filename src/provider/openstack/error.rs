@@ -224,22 +224,4 @@ impl OpenStackError {
     }
 }
 
-/// Statuses worth another attempt: timeouts, throttling and server trouble (501 Not Implemented is permanent).
-pub fn is_transient_status(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
-}
-
-/// The message of a transport error with its causes ("error sending request: connection refused").
-pub fn transport_message(err: &reqwest::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
-}
+pub use crate::transfer::http::{is_transient_status, transport_message};

@@ -25,6 +25,7 @@ use crate::image::{ImageError, SourceImage};
 use crate::progress::Progress;
 use crate::provider::{Reference, UploadOptions};
 use crate::transfer::http::{self, TlsOptions};
+use crate::transfer::session::Sessions;
 use crate::transfer::stream::{self, ChunkSink};
 use crate::transfer::{RetryPolicy, Stopped, poll_until};
 use glance::{Glance, ImageRecord};
@@ -38,28 +39,18 @@ struct Target {
 }
 
 /// Sessions by cloud name: the preflight authenticates once, and the upload and other variants of the same cloud
-/// reuse its token instead of logging in again, while it is fresh.
-static SESSIONS: std::sync::Mutex<Vec<(String, std::time::Instant, Target)>> = std::sync::Mutex::new(Vec::new());
-
-/// How long a token is reused. Keystone tokens live an hour by default; a variant that waited for its turn
-/// (`--jobs`) logs in again, so its token outlives the upload and the wait for `active`.
-const SESSION_REUSE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// reuse its token instead of logging in again, while it is fresh. Keystone tokens live an hour by default; a
+/// variant that waited for its turn (`--jobs`) logs in again, so its token outlives the upload and the wait for
+/// `active`.
+static SESSIONS: Sessions<Target> = Sessions::new(std::time::Duration::from_secs(15 * 60));
 
 async fn connect(cfg: &VariantConfig) -> Result<Target, OpenStackError> {
     let name = clouds::cloud_name(cfg.openstack.cloud.as_deref())?;
-    let cached = SESSIONS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .find(|(n, at, _)| *n == name && at.elapsed() < SESSION_REUSE)
-        .map(|(_, _, target)| target.clone());
-    if let Some(target) = cached {
+    if let Some(target) = SESSIONS.get(&name) {
         return Ok(target);
     }
     let target = login(&name).await?;
-    let mut sessions = SESSIONS.lock().unwrap_or_else(|p| p.into_inner());
-    sessions.retain(|(n, _, _)| *n != name);
-    sessions.push((name, std::time::Instant::now(), target.clone()));
+    SESSIONS.put(&name, target.clone());
     Ok(target)
 }
 

@@ -220,7 +220,10 @@ fn community_gallery_gives_the_community_id_and_existing_definitions_must_match(
     let community = "sharingProfile = \"community\"\nsharingNamePrefix = \"podvmimg\"\n\
                      publisherEmail = \"images@example.com\"\npublisherUri = \"https://example.com\"";
     let (ws, _raw, _) = workspace(&azure, community);
-    let out = upload(&azure, &ws, &[]);
+    // Signed in with the client certificate this time, not the secret.
+    let mut cmd = ws.uplosi();
+    azure.env(&mut cmd).env_remove("AZURE_CLIENT_SECRET").env("AZURE_CLIENT_CERTIFICATE_PATH", &azure.client_cert);
+    let out = cmd.args(["upload", "system.raw"]).timeout(Duration::from_secs(300)).output().expect("run");
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let reference = text(&out.stdout).trim().to_string();
@@ -344,6 +347,26 @@ fn missing_or_wrong_credentials_stop_before_any_work() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("EnvironmentCredential") && stderr.contains("AADSTS7000215"), "{stderr}");
     assert!(!stderr.contains("wrong-secret"), "{stderr}");
+
+    // A certificate the application does not know: Entra's assertion error, exit 2.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let stranger = azure::client_certificate(scratch.path(), "stranger");
+    let mut cmd = ws.uplosi();
+    azure.env(&mut cmd).env_remove("AZURE_CLIENT_SECRET").env("AZURE_CLIENT_CERTIFICATE_PATH", &stranger);
+    let out = cmd.args(["upload", "system.raw"]).output().expect("run");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AADSTS700027"), "{stderr}");
+    // A file that is no certificate: named, exit 2, the chain does not fall through to other credentials.
+    let mut cmd = ws.uplosi();
+    azure
+        .env(&mut cmd)
+        .env_remove("AZURE_CLIENT_SECRET")
+        .env("AZURE_CLIENT_CERTIFICATE_PATH", ws.path().join("version.txt"));
+    let out = cmd.args(["upload", "system.raw"]).output().expect("run");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("AZURE_CLIENT_CERTIFICATE_PATH") && stderr.contains("version.txt"), "{stderr}");
     assert!(azure.requests().iter().all(|r| r["token_request"] == true), "no ARM call without a token");
 
     // A resource group that does not exist: exit 2 naming it, before any disk.

@@ -4,8 +4,9 @@
 There is no ARM emulator, so this plays the parts uplosi uses, with the request checks ARM makes and real
 long-running-operation semantics; the data plane is a real Azurite:
 
-- POST /{tenant}/oauth2/v2.0/token: the client-credentials form (client_id, client_secret, grant_type, scope). The
-  scope must be this server's URL + "/.default". A wrong secret gets Entra's 401 invalid_client (AADSTS7000215).
+- POST /{tenant}/oauth2/v2.0/token: the client-credentials form (client_id, client_secret or a PS256 client
+  assertion signed by the key of --client-cert, grant_type, scope). The scope must be this server's URL +
+  "/.default". A wrong secret gets Entra's 401 invalid_client (AADSTS7000215), a bad assertion AADSTS700027.
 - Every ARM request needs `Authorization: Bearer` with an issued token (401 otherwise) and an `api-version` new
   enough for its resource type (disks >= 2024-03-02, galleries >= 2023-07-03; 400 otherwise).
 - GET /subscriptions/S, GET …/resourceGroups/G (only --groups exist; 404 ResourceGroupNotFound otherwise).
@@ -38,6 +39,7 @@ import os
 import re
 import ssl
 import threading
+import time
 import urllib.parse
 import uuid
 
@@ -172,7 +174,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.answer(400, {"error": "invalid_request", "error_description": f"AADSTS90002: Tenant '{tenant}' not found.", "error_codes": [90002]})
         elif form.get("grant_type") != "client_credentials":
             self.answer(400, {"error": "unsupported_grant_type", "error_description": "AADSTS70003: grant_type must be client_credentials", "error_codes": [70003]})
-        elif form.get("client_id") != args.client_id or form.get("client_secret") != args.client_secret:
+        elif form.get("client_id") != args.client_id:
+            self.answer(400, {"error": "unauthorized_client", "error_description": f"AADSTS700016: Application '{form.get('client_id')}' was not found.", "error_codes": [700016]})
+        elif "client_assertion" in form and (problem := self.assertion_problem(form, path)):
+            self.answer(401, {"error": "invalid_client", "error_description": f"AADSTS700027: Client assertion failed: {problem}", "error_codes": [700027]})
+        elif "client_assertion" not in form and form.get("client_secret") != args.client_secret:
             self.answer(401, {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided.", "error_codes": [7000215]})
         elif form.get("scope") != expected_scope:
             self.answer(400, {"error": "invalid_scope", "error_description": f"AADSTS70011: The provided scope '{form.get('scope')}' is not valid; expected {expected_scope}", "error_codes": [70011]})
@@ -181,6 +187,40 @@ class Handler(http.server.BaseHTTPRequestHandler):
             with lock:
                 tokens.add(token)
             self.answer(200, {"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": token})
+
+    def assertion_problem(self, form, path):
+        """Checks a certificate client assertion as Entra does: type, PS256 signature by --client-cert, x5t#S256,
+        audience, issuer, subject and lifetime."""
+        if args.client_cert is None:
+            return "certificate credentials are not registered for this application"
+        if form.get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer":
+            return "client_assertion_type must be jwt-bearer"
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+        def b64(part):
+            return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+        try:
+            head, body, signature = form["client_assertion"].split(".")
+            header, claims = json.loads(b64(head)), json.loads(b64(body))
+        except ValueError:
+            return "not a JWT"
+        with open(args.client_cert, "rb") as f:
+            cert = x509.load_pem_x509_certificate(f.read())
+        thumbprint = base64.urlsafe_b64encode(cert.fingerprint(hashes.SHA256())).rstrip(b"=").decode()
+        if header.get("alg") != "PS256" or header.get("x5t#S256") != thumbprint:
+            return f"unknown key or algorithm {header}"
+        try:
+            cert.public_key().verify(b64(signature), f"{head}.{body}".encode(),
+                                     padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())
+        except Exception:
+            return "signature invalid"
+        now = time.time()
+        if claims.get("aud") != self.base() + path or claims.get("iss") != args.client_id or claims.get("sub") != args.client_id:
+            return f"aud/iss/sub wrong: {claims}"
+        if not (claims.get("nbf", now + 1) <= now + 5 and now < claims.get("exp", 0) <= now + 3600):
+            return "assertion expired or not yet valid"
+        return None
 
     # --- long-running operations ----------------------------------------------------------------------------------
 
@@ -538,6 +578,7 @@ def main():
     p.add_argument("--tenant", required=True)
     p.add_argument("--client-id", required=True)
     p.add_argument("--client-secret", required=True)
+    p.add_argument("--client-cert", default=None, help="PEM certificate whose key signs client assertions")
     p.add_argument("--subscription", required=True)
     p.add_argument("--groups", required=True)
     p.add_argument("--polls", type=int, default=1)

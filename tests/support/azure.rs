@@ -19,6 +19,23 @@ pub const SUBSCRIPTION: &str = "0a1b2c3d-0000-4000-8000-000000000042";
 /// The resource group that exists.
 pub const GROUP: &str = "podvm-images";
 
+/// Makes `DIR/NAME.pem`: a self-signed RSA certificate followed by its private key.
+pub fn client_certificate(dir: &std::path::Path, name: &str) -> PathBuf {
+    let (key, crt) = (dir.join(format!("{name}.key")), dir.join(format!("{name}.crt")));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=uplosi-sp", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&crt)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pem = dir.join(format!("{name}.pem"));
+    let both = [std::fs::read(&crt).expect("crt"), std::fs::read(&key).expect("key")].concat();
+    std::fs::write(&pem, both).expect("pem");
+    pem
+}
+
 /// Variables that would select another credential than the service principal.
 const UNSET: [&str; 4] = ["AZURE_TOKEN_CREDENTIALS", "AZURE_FEDERATED_TOKEN_FILE", "IDENTITY_ENDPOINT", "MSI_ENDPOINT"];
 
@@ -53,6 +70,9 @@ pub struct Azure {
     pub proxy: FaultProxy,
     /// The test CA the ARM fake's certificate chains to.
     pub ca: TestCa,
+    /// The service principal's client certificate: a PEM with the certificate and its key, as
+    /// `AZURE_CLIENT_CERTIFICATE_PATH` takes it.
+    pub client_cert: PathBuf,
     state: tempfile::TempDir,
     /// Resource Manager's URL (also the authority host).
     pub arm_url: String,
@@ -93,6 +113,7 @@ impl Azure {
         );
         let ca = TestCa::new();
         let state = tempfile::tempdir().expect("arm state");
+        let client_cert = client_certificate(state.path(), "client");
         let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/arm.py");
         let mut arm = Command::new("python3");
@@ -104,7 +125,8 @@ impl Azure {
             .arg("--state")
             .arg(state.path())
             .args(["--azurite", &blob_url, "--sas-base", &format!("{}/devstoreaccount1", proxy.url)])
-            .args(["--tenant", TENANT, "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET])
+            .args(["--tenant", TENANT, "--client-id", CLIENT_ID, "--client-secret", CLIENT_SECRET, "--client-cert"])
+            .arg(&client_cert)
             .args(["--subscription", SUBSCRIPTION, "--groups", GROUP, "--polls", &options.polls.to_string()])
             .args(["--retry-after", &options.retry_after.to_string()])
             .stdout(Stdio::null())
@@ -116,7 +138,7 @@ impl Azure {
         wait_listening(port, &mut arm, "arm.py");
         // Azurite keeps its data in memory; the directory only holds its debug files.
         std::mem::forget(storage);
-        Azure { azurite, arm, proxy, ca, state, arm_url: format!("https://127.0.0.1:{port}"), blob_url }
+        Azure { azurite, arm, proxy, ca, client_cert, state, arm_url: format!("https://127.0.0.1:{port}"), blob_url }
     }
 
     /// The environment that points uplosi at the fakes: the service principal, the authority host, the CA.

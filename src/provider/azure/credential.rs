@@ -1,5 +1,6 @@
 //! Entra ID credentials, found the way the other Azure SDKs' `DefaultAzureCredential` finds them: a service
-//! principal from the environment (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`), workload identity
+//! principal from the environment (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, and `AZURE_CLIENT_SECRET` or
+//! `AZURE_CLIENT_CERTIFICATE_PATH`), workload identity
 //! (`AZURE_FEDERATED_TOKEN_FILE`), the Azure CLI, then managed identity. `AZURE_TOKEN_CREDENTIALS` narrows the
 //! chain: `dev` (Azure CLI only), `prod` (environment, workload and managed identity), or one credential's name.
 //! `AZURE_AUTHORITY_HOST` moves the token endpoint (sovereign clouds, Azure Stack), as azure_identity honours it.
@@ -9,9 +10,11 @@ use std::sync::Arc;
 use azure_core::credentials::{Secret, TokenCredential};
 use azure_core::http::{ClientOptions, ExponentialRetryOptions, RetryOptions};
 use azure_identity::{
-    AzureCliCredential, ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
-    WorkloadIdentityCredential,
+    AzureCliCredential, ClientAssertionCredential, ClientAssertionCredentialOptions, ClientSecretCredential,
+    ClientSecretCredentialOptions, ManagedIdentityCredential, WorkloadIdentityCredential,
 };
+
+use super::certificate::CertificateAssertion;
 
 use super::error::AzureError;
 use crate::logging::redact;
@@ -19,7 +22,8 @@ use crate::logging::redact;
 /// One link of the chain.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
-    /// A service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET`.
+    /// A service principal from `AZURE_TENANT_ID`, `AZURE_CLIENT_ID` and `AZURE_CLIENT_SECRET` or
+    /// `AZURE_CLIENT_CERTIFICATE_PATH`.
     Environment,
     /// A federated token file (`AZURE_FEDERATED_TOKEN_FILE`), as Kubernetes and GitHub OIDC set up.
     WorkloadIdentity,
@@ -70,8 +74,28 @@ fn on_path(program: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Builds the credential of `source`, or says why it is not set up here.
-fn build(source: Source) -> Result<Arc<dyn TokenCredential>, String> {
+/// Why a credential cannot be used.
+enum Unusable {
+    /// It is not set up here; the chain goes on.
+    Missing(String),
+    /// It is set up but broken (an unreadable certificate); the chain stops, as falling through would hide that.
+    Broken(String),
+}
+
+impl From<&str> for Unusable {
+    fn from(why: &str) -> Self {
+        Unusable::Missing(why.to_string())
+    }
+}
+
+impl From<String> for Unusable {
+    fn from(why: String) -> Self {
+        Unusable::Missing(why)
+    }
+}
+
+/// Builds the credential of `source`, or says why it cannot be used here.
+fn build(source: Source) -> Result<Arc<dyn TokenCredential>, Unusable> {
     let sdk = |e: azure_core::Error| redact(&e.to_string()).into_owned();
     match source {
         Source::Environment => {
@@ -83,12 +107,25 @@ fn build(source: Source) -> Result<Arc<dyn TokenCredential>, String> {
                 let credential =
                     ClientSecretCredential::new(&tenant, client, Secret::new(secret), Some(options)).map_err(sdk)?;
                 Ok(credential)
-            } else if env("AZURE_CLIENT_CERTIFICATE_PATH").is_some() {
-                Err("AZURE_CLIENT_CERTIFICATE_PATH is set, but this build of uplosi signs in with client secrets \
-                     only; set AZURE_CLIENT_SECRET or use workload identity"
-                    .into())
+            } else if let Some(path) = env("AZURE_CLIENT_CERTIFICATE_PATH") {
+                if env("AZURE_CLIENT_CERTIFICATE_PASSWORD").is_some() {
+                    return Err(Unusable::Broken(
+                        "AZURE_CLIENT_CERTIFICATE_PASSWORD is set, but uplosi reads only PEM files with an \
+                         unencrypted key (convert: openssl pkcs12 -in cert.pfx -nodes -out cert.pem)"
+                            .into(),
+                    ));
+                }
+                let authority =
+                    env("AZURE_AUTHORITY_HOST").unwrap_or_else(|| "https://login.microsoftonline.com".into());
+                let audience = format!("{}/{tenant}/oauth2/v2.0/token", authority.trim_end_matches('/'));
+                let assertion = CertificateAssertion::load(std::path::Path::new(&path), &client, &audience)
+                    .map_err(|e| Unusable::Broken(format!("AZURE_CLIENT_CERTIFICATE_PATH {e}")))?;
+                let options = ClientAssertionCredentialOptions { client_options: sign_in_options() };
+                let credential = ClientAssertionCredential::new(tenant, client, assertion, Some(options))
+                    .map_err(|e| Unusable::Broken(sdk(e)))?;
+                Ok(credential)
             } else {
-                Err("AZURE_CLIENT_SECRET is not set".into())
+                Err("neither AZURE_CLIENT_SECRET nor AZURE_CLIENT_CERTIFICATE_PATH is set".into())
             }
         }
         Source::WorkloadIdentity => {
@@ -141,9 +178,12 @@ pub async fn find(scope: &str) -> Result<Chosen, AzureError> {
     for source in chain(selector.as_deref())? {
         let credential = match build(source) {
             Ok(credential) => credential,
-            Err(why) => {
+            Err(Unusable::Missing(why)) => {
                 tried.push(format!("{}: {why}", source.name()));
                 continue;
+            }
+            Err(Unusable::Broken(why)) => {
+                return Err(AzureError::SignIn { credential: source.name().to_string(), message: why });
             }
         };
         match credential.get_token(&[scope], None).await {

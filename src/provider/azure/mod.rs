@@ -7,6 +7,7 @@
 //! ([`pages`]), credentials the Entra ID chain of [`credential`].
 
 pub mod arm;
+pub mod certificate;
 pub mod credential;
 pub mod error;
 pub mod gallery;

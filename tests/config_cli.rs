@@ -96,6 +96,19 @@ fn go_readme_example_resolves_with_go_defaults() {
     assert_eq!(bar["azure"]["imageDefinitionName"], "my-image");
     assert_eq!(bar["azure"]["diskName"], "my-image-1.2.3");
     assert_eq!(bar["azure"]["subscriptionID"], "00000000-0000-0000-0000-000000000000");
+    for (key, default) in [
+        ("architecture", serde_json::json!("x64")),
+        ("replicaCount", serde_json::json!(1)),
+        ("storageAccountType", serde_json::json!("Standard_LRS")),
+        ("excludeFromLatest", serde_json::json!(false)),
+        ("replace", serde_json::json!(true)),
+        ("resourceManagerEndpoint", serde_json::json!("https://management.azure.com")),
+        ("communityEula", serde_json::Value::Null),
+        ("publisherEmail", serde_json::Value::Null),
+        ("publisherUri", serde_json::Value::Null),
+    ] {
+        assert_eq!(bar["azure"][key], default, "azure {key}");
+    }
     let names: Vec<&str> =
         plan["variants"].as_array().unwrap().iter().map(|v| v["variant"].as_str().unwrap()).collect();
     assert_eq!(names, ["bar", "foo"], "variants come sorted by name");
@@ -414,4 +427,44 @@ fn shipped_example_documents_every_key_and_is_valid() {
     ws.write("uplosi.conf", &example);
     let plan = ws.plan_json(&[]);
     assert!(plan["variants"].as_array().is_some_and(|v| v.len() >= 5));
+}
+
+#[test]
+fn cloud_api_adaptor_azure_config_with_the_primary_region_in_replication_regions_is_accepted() {
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        r#"[base]
+name = "podvm"
+imageVersion = "0.1.0"
+provider = "azure"
+
+[base.azure]
+subscriptionID = "00000000-0000-0000-0000-000000000001"
+location = "eastus"
+resourceGroup = "caa"
+sharedImageGallery = "caa_gallery"
+replicationRegions = ["eastus", "eastus2", "westeurope", "northeurope", "eastus2"]
+
+[variant.default]
+"#,
+    );
+    let plan = ws.plan_json(&[]);
+    let default = variant(&plan, "default");
+    assert_eq!(default["azure"]["replicationRegions"], serde_json::json!(["eastus2", "westeurope", "northeurope"]));
+    let steps = default["steps"].to_string();
+    assert!(steps.contains("eastus, eastus2, westeurope, northeurope"), "{steps}");
+
+    ws.write(
+        "uplosi.conf.d/bad.conf",
+        "[base.azure]\nreplicaCount = 0\narchitecture = \"arm64\"\nresourceManagerEndpoint = \"http://x\"\n",
+    );
+    let err = ws.config_error(&[]);
+    for needle in [
+        "replicaCount 0 must be 1 to 100",
+        "architecture \"arm64\" must be one of \"x64\", \"Arm64\"",
+        "resourceManagerEndpoint \"http://x\" must be an https URL",
+    ] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
 }

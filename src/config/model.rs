@@ -111,11 +111,11 @@ pub struct AzureConfig {
     pub disk_name: String,
     /// UEFI `db` certificates: paths of DER files (made absolute against the config directory) or inline base64 DER.
     pub additional_signatures: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Unset (`null` in the plan): the Go tool's placeholder, with a warning.
     pub community_eula: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Unset (`null` in the plan): the Go tool's placeholder, with a warning.
     pub publisher_email: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Unset (`null` in the plan): the Go tool's placeholder, with a warning.
     pub publisher_uri: Option<String>,
     pub architecture: String,
     pub replica_count: i64,

@@ -135,13 +135,23 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
             let bucket = g.bucket.as_deref().unwrap_or_default();
             s.push(format!("convert {image} to a GCE tar.gz (sparse disk.raw, size rounded up to a whole GiB)"));
             s.push(format!("upload to gs://{bucket}/{}", g.blob_name));
+            let locations = if g.storage_locations.is_empty() {
+                g.location.clone().unwrap_or_default()
+            } else {
+                list(&g.storage_locations)
+            };
             s.push(format!(
-                "create image \"{}\" in family \"{}\" in project {} (storage location {})",
+                "create image \"{}\" in family \"{}\" in project {} ({}, features {}, storage location {locations}){}",
                 g.image_name,
                 g.image_family,
                 g.project.as_deref().unwrap_or_default(),
-                g.location.as_deref().unwrap_or_default()
+                g.architecture,
+                list(&g.guest_os_features),
+                if g.replace { ", replacing an image of the same name" } else { ", stopping if the name is taken" }
             ));
+            if g.deprecate_older {
+                s.push(format!("deprecate the other READY images of family \"{}\"", g.image_family));
+            }
             s.push(if g.publish {
                 "publish: grant roles/compute.imageUser to allAuthenticatedUsers".to_string()
             } else {

@@ -79,6 +79,15 @@ fn go_readme_example_resolves_with_go_defaults() {
     assert_eq!(foo["gcp"]["imageName"], "my-image-2-0-7");
     assert_eq!(foo["gcp"]["blobName"], "my-image-2-0-7.tar.gz");
     assert_eq!(foo["gcp"]["imageFamily"], "my-image");
+    assert_eq!(
+        foo["gcp"]["guestOsFeatures"],
+        serde_json::json!(["GVNIC", "SEV_CAPABLE", "SEV_SNP_CAPABLE", "VIRTIO_SCSI_MULTIQUEUE", "UEFI_COMPATIBLE"]),
+        "the Go tool's guest OS features"
+    );
+    assert_eq!(foo["gcp"]["architecture"], "X86_64");
+    assert_eq!(foo["gcp"]["replace"], true);
+    assert_eq!(foo["gcp"]["deprecateOlder"], false);
+    assert_eq!(foo["gcp"]["computeEndpoint"], "https://compute.googleapis.com");
     assert_eq!(foo["openstack"]["imageName"], "my-image-2.0.7");
     assert_eq!(foo["openstack"]["minDiskGB"], 32);
     assert_eq!(foo["openstack"]["visibility"], "private", "the default is private, not the Go tool's public");
@@ -466,5 +475,27 @@ replicationRegions = ["eastus", "eastus2", "westeurope", "northeurope", "eastus2
         "resourceManagerEndpoint \"http://x\" must be an https URL",
     ] {
         assert!(err.contains(needle), "{needle}: {err}");
+    }
+}
+
+#[test]
+fn gcp_keys_are_checked() {
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"img\"\nprovider = \"gcp\"\n\n[base.gcp]\nproject = \"myproject-123456\"\n\
+         location = \"europe-west3\"\nbucket = \"my-bucket\"\narchitecture = \"x86_64\"\n\
+         guestOsFeatures = [\"GVNIC\", \"TDX_CAPABEL\"]\nlabels = { Team = \"a\", ok = \"B\" }\n\
+         storageLocations = [\"EU\"]\n",
+    );
+    let err = ws.config_error(&[]);
+    for needle in [
+        "architecture \"x86_64\" must be \"X86_64\" or \"ARM64\"",
+        "\"TDX_CAPABEL\" is not a Compute Engine guest OS feature (did you mean \"TDX_CAPABLE\"?)",
+        "label Team = \"a\"",
+        "label ok = \"B\"",
+        "storageLocations entry \"EU\"",
+    ] {
+        assert!(err.contains(needle), "{needle}:\n{err}");
     }
 }

@@ -140,6 +140,16 @@ pub struct GcpConfig {
     pub bucket: Option<String>,
     pub blob_name: String,
     pub publish: bool,
+    pub architecture: String,
+    pub guest_os_features: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+    pub description: String,
+    /// Empty: the image is stored in `location`.
+    pub storage_locations: Vec<String>,
+    pub replace: bool,
+    pub deprecate_older: bool,
+    pub storage_endpoint: String,
+    pub compute_endpoint: String,
 }
 
 /// `[….openstack]`, rendered.
@@ -520,6 +530,15 @@ pub fn resolve(
         bucket: r.opt_string(Gcp, "bucket"),
         blob_name: r.string(Gcp, "blobName"),
         publish: r.bool(Gcp, "publish"),
+        architecture: r.string(Gcp, "architecture"),
+        guest_os_features: r.list(Gcp, "guestOsFeatures"),
+        labels: r.map(Gcp, "labels"),
+        description: r.string(Gcp, "description"),
+        storage_locations: r.list(Gcp, "storageLocations"),
+        replace: r.bool(Gcp, "replace"),
+        deprecate_older: r.bool(Gcp, "deprecateOlder"),
+        storage_endpoint: r.string(Gcp, "storageEndpoint"),
+        compute_endpoint: r.string(Gcp, "computeEndpoint"),
     };
     let openstack = OpenStackConfig {
         cloud: r.opt_string(OpenStack, "cloud"),

@@ -182,6 +182,20 @@ pub const GCP_KEYS: &[KeySpec] = &[
     tmpl("bucket", None),
     tmpl("blobName", Some("\"{{.Name}}-{{replaceAll .Version \\\".\\\" \\\"-\\\"}}.tar.gz\"")),
     with_default("publish", Kind::Bool, "false"),
+    with_default("architecture", Kind::String, "\"X86_64\""),
+    // The Go tool's set; a list in the config replaces it.
+    with_default(
+        "guestOsFeatures",
+        Kind::StringList,
+        "[\"GVNIC\", \"SEV_CAPABLE\", \"SEV_SNP_CAPABLE\", \"VIRTIO_SCSI_MULTIQUEUE\", \"UEFI_COMPATIBLE\"]",
+    ),
+    with_default("labels", Kind::StringMap, "{}"),
+    with_default("description", Kind::String, "\"\""),
+    with_default("storageLocations", Kind::StringList, "[]"),
+    with_default("replace", Kind::Bool, "true"),
+    with_default("deprecateOlder", Kind::Bool, "false"),
+    with_default("storageEndpoint", Kind::String, "\"https://storage.googleapis.com\""),
+    with_default("computeEndpoint", Kind::String, "\"https://compute.googleapis.com\""),
 ];
 
 /// Keys of `[….openstack]`.

@@ -393,6 +393,66 @@ impl Checker<'_> {
         if g.blob_name.is_empty() || g.blob_name.len() > 1024 {
             self.fail(Gcp, "blobName", "blobName must be 1 to 1024 bytes long".into());
         }
+        if !["X86_64", "ARM64"].contains(&g.architecture.as_str()) {
+            self.fail(
+                Gcp,
+                "architecture",
+                format!("architecture \"{}\" must be \"X86_64\" or \"ARM64\"", g.architecture),
+            );
+        }
+        for feature in &g.guest_os_features {
+            if !GUEST_OS_FEATURES.contains(&feature.as_str()) {
+                let hint = super::schema::suggest(feature, GUEST_OS_FEATURES.iter().copied())
+                    .map(|s| format!(" (did you mean \"{s}\"?)"))
+                    .unwrap_or_default();
+                self.fail(
+                    Gcp,
+                    "guestOsFeatures",
+                    format!("guestOsFeatures entry \"{feature}\" is not a Compute Engine guest OS feature{hint}"),
+                );
+            }
+        }
+        // Compute Engine labels: at most 64; keys start with a lowercase letter; keys and values are at most 63
+        // lowercase letters, digits, `_` and `-`.
+        let label_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-';
+        if g.labels.len() > 64 {
+            self.fail(Gcp, "labels", format!("labels has {} entries; Compute Engine allows 64", g.labels.len()));
+        }
+        for (key, value) in &g.labels {
+            let key_ok = (1..=63).contains(&key.len())
+                && key.starts_with(|c: char| c.is_ascii_lowercase())
+                && key.chars().all(label_char);
+            if !key_ok || value.len() > 63 || !value.chars().all(label_char) {
+                self.fail(
+                    Gcp,
+                    "labels",
+                    format!(
+                        "label {key} = \"{value}\": keys start with a lowercase letter, and keys and values are at most 63 lowercase letters, digits, `_` and `-`"
+                    ),
+                );
+            }
+        }
+        if g.description.chars().count() > 2048 {
+            self.fail(Gcp, "description", "description must be at most 2048 characters".into());
+        }
+        for location in &g.storage_locations {
+            if location.is_empty()
+                || !location.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            {
+                self.fail(
+                    Gcp,
+                    "storageLocations",
+                    format!(
+                        "storageLocations entry \"{location}\" is not a location such as \"eu\" or \"europe-west3\""
+                    ),
+                );
+            }
+        }
+        for (key, url) in [("storageEndpoint", &g.storage_endpoint), ("computeEndpoint", &g.compute_endpoint)] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) || url.len() < 10 {
+                self.fail(Gcp, key, format!("{key} \"{url}\" must be an http(s) URL"));
+            }
+        }
     }
 
     fn openstack(&mut self) {
@@ -555,6 +615,25 @@ fn s3_bucket_problem(bucket: &str) -> Option<&'static str> {
     }
     None
 }
+
+/// The guest OS feature types `images.insert` accepts.
+const GUEST_OS_FEATURES: &[&str] = &[
+    "BARE_METAL_LINUX_COMPATIBLE",
+    "GVNIC",
+    "IDPF",
+    "MULTI_IP_SUBNET",
+    "SECURE_BOOT",
+    "SEV_CAPABLE",
+    "SEV_LIVE_MIGRATABLE",
+    "SEV_LIVE_MIGRATABLE_V2",
+    "SEV_SNP_CAPABLE",
+    "SNP_SVSM_CAPABLE",
+    "SUSPEND_RESUME_COMPATIBLE",
+    "TDX_CAPABLE",
+    "UEFI_COMPATIBLE",
+    "VIRTIO_SCSI_MULTIQUEUE",
+    "WINDOWS",
+];
 
 #[cfg(test)]
 mod tests {

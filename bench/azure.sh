@@ -41,7 +41,7 @@ SUB=0a1b2c3d-0000-4000-8000-000000000042
 BLOB="http://127.0.0.1:$BLOB_PORT/devstoreaccount1"
 python3 "$ROOT/tests/support/arm.py" --port "$ARM_PORT" --cert tls/server.pem --key tls/server.key --state arm \
     --azurite "$BLOB" --tenant bench-tenant --client-id bench --client-secret bench-secret --subscription "$SUB" \
-    --groups bench &
+    --groups bench --no-content &
 ARM=$!
 stop() { kill "$ARM" "$AZURITE" 2>/dev/null || true; wait 2>/dev/null || true; }
 trap 'stop; if [ -n "$CREATED" ]; then rm -rf "$WORK"; else rm -rf "$WORK/run" "$WORK/arm" "$WORK/system.vhd"; fi' EXIT

@@ -124,7 +124,8 @@ pub struct UploadArgs {
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 
-    /// Parallel block uploads per variant (EBS blocks are 512 KiB each).
+    /// Parallel block uploads per variant (EBS blocks are 512 KiB each; Azure Put Page requests carry up to 4 MiB,
+    /// so at most 16 of them are in flight).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub concurrency: u32,
 

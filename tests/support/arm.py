@@ -26,7 +26,7 @@ long-running-operation semantics; the data plane is a real Azurite:
   GET with $expand=ReplicationStatus reports each target region. --fail-version MESSAGE makes the operation fail.
 - PUT/POST/DELETE answer 201/202 with Azure-AsyncOperation (…/operations/ID: InProgress for --polls polls, then
   Succeeded or Failed with an error) and Location (…/operationResults/ID: 202 until done, then the result), with
-  Retry-After: 1 on the first answer and --retry-after (default 0) on InProgress polls.
+  Retry-After: --retry-after seconds (default 0).
 - Every request is appended to --state/requests.jsonl (method, path, query, status, body); the token never is.
 """
 
@@ -233,7 +233,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         schedule(op)
         headers = {
             "Azure-AsyncOperation": f"{self.base()}/operations/{op}",
-            "Retry-After": "1",
+            "Retry-After": str(args.retry_after),
         }
         if location_result:
             headers["Location"] = f"{self.base()}/operationResults/{op}"
@@ -549,8 +549,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         os.makedirs(versions, exist_ok=True)
         if blob:
             client = azurite().get_blob_client(blob)
-            with open(os.path.join(versions, name + ".vhd"), "wb") as f:
-                client.download_blob().readinto(f)
+            if not args.no_content:
+                with open(os.path.join(versions, name + ".vhd"), "wb") as f:
+                    client.download_blob().readinto(f)
             ranges, _ = client.get_page_ranges()
             with open(os.path.join(versions, name + ".ranges.json"), "w") as f:
                 json.dump([[r["start"], r["end"]] for r in ranges], f)
@@ -562,7 +563,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         schedule(op)
         self.answer(200 if existed else 201, resource, {
             "Azure-AsyncOperation": f"{self.base()}/operations/{op}",
-            "Retry-After": "1",
+            "Retry-After": str(args.retry_after),
         })
 
 
@@ -582,8 +583,9 @@ def main():
     p.add_argument("--subscription", required=True)
     p.add_argument("--groups", required=True)
     p.add_argument("--polls", type=int, default=1)
-    p.add_argument("--retry-after", type=int, default=0, help="Retry-After of InProgress answers")
+    p.add_argument("--retry-after", type=int, default=0, help="Retry-After of operation answers")
     p.add_argument("--fail-version", default=None)
+    p.add_argument("--no-content", action="store_true", help="record only the page ranges of a version's disk")
     args = p.parse_args()
     os.makedirs(args.state, exist_ok=True)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)

@@ -25,6 +25,9 @@ use crate::transfer::{RetryPolicy, Stopped, Verdict, parse_retry_after, read_at,
 pub const MAX_PAGE_WRITE: u64 = 4 << 20;
 /// Page blobs are written in 512-byte pages.
 pub const PAGE: u64 = 512;
+/// Bytes of Put Page bodies in flight at most: `--concurrency` counts requests, and these carry up to 4 MiB each
+/// (EBS blocks are 512 KiB). 16 parallel writes already reach a managed disk's upload throughput.
+pub const MAX_IN_FLIGHT: u64 = 64 << 20;
 
 /// Where the bytes of one Put Page come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,7 +121,8 @@ pub async fn upload(
     let mut result = Ok(());
     for batch in [data, footer] {
         let batch = Arc::new(batch);
-        let outcome = run_bounded(0..batch.len() as u64, options.concurrency, &options.cancel, |index| {
+        let limit = options.concurrency.min((MAX_IN_FLIGHT / MAX_PAGE_WRITE) as usize);
+        let outcome = run_bounded(0..batch.len() as u64, limit, &options.cancel, |index| {
             let write = batch[index as usize].clone();
             let (blob, disk) = (Arc::clone(blob), disk.to_string());
             let (file, sent, requests, progress) =

@@ -12,8 +12,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
-command -v azurite-blob >/dev/null || { echo "needs azurite (npm install -g azurite)" >&2; exit 2; }
-python3 -c "import azure.storage.blob, requests" 2>/dev/null || { echo "needs pip install azure-storage-blob" >&2; exit 2; }
 cargo build --release --quiet
 UPLOSI="$CARGO_TARGET_DIR/release/uplosi"
 
@@ -22,30 +20,13 @@ if [ $# -ge 1 ]; then WORK="$1"; mkdir -p "$WORK"; else WORK="$(mktemp -d)"; CRE
 IMG="$WORK/system.raw"
 [ -f "$IMG" ] || bench/make-image.sh "$IMG"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened" >&2; exit 1; }
-BLOB_PORT=$(free_port); ARM_PORT=$(free_port)
-mkdir -p "$WORK/azurite" "$WORK/tls"
-(cd "$WORK/azurite" && exec azurite-blob --blobHost 127.0.0.1 --blobPort "$BLOB_PORT" --inMemoryPersistence \
-    --disableTelemetry --skipApiVersionCheck --loose >/dev/null 2>&1) &
-AZURITE=$!
-cd "$WORK/tls"
-openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA" \
-    -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null
-printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
-openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
-    -extfile server.ext 2>/dev/null
+. bench/azure-fakes.sh
+start_azure "$WORK"
+trap 'kill $AZURE_PIDS 2>/dev/null || true; wait 2>/dev/null || true; if [ -n "$CREATED" ]; then rm -rf "$WORK"; else rm -rf "$WORK/run" "$WORK/arm" "$WORK/system.vhd"; fi' EXIT
+SUB="$AZURE_SUBSCRIPTION"
+BLOB="$AZURE_BLOB_URL"
+ARM_URL="$AZURE_ARM_URL"
 cd "$WORK"
-SUB=0a1b2c3d-0000-4000-8000-000000000042
-BLOB="http://127.0.0.1:$BLOB_PORT/devstoreaccount1"
-python3 "$ROOT/tests/support/arm.py" --port "$ARM_PORT" --cert tls/server.pem --key tls/server.key --state arm \
-    --azurite "$BLOB" --tenant bench-tenant --client-id bench --client-secret bench-secret --subscription "$SUB" \
-    --groups bench --no-content &
-ARM=$!
-stop() { kill "$ARM" "$AZURITE" 2>/dev/null || true; wait 2>/dev/null || true; }
-trap 'stop; if [ -n "$CREATED" ]; then rm -rf "$WORK"; else rm -rf "$WORK/run" "$WORK/arm" "$WORK/system.vhd"; fi' EXIT
-wait_port "$BLOB_PORT"; wait_port "$ARM_PORT"
 
 echo "input: $(du -h --apparent-size system.raw | cut -f1) apparent, $(du -h system.raw | cut -f1) allocated"
 nonzero=$(python3 - system.raw <<'PY'
@@ -74,11 +55,9 @@ subscriptionID = "$SUB"
 location = "eastus"
 resourceGroup = "bench"
 sharedImageGallery = "bench_gallery"
-resourceManagerEndpoint = "https://127.0.0.1:$ARM_PORT"
+resourceManagerEndpoint = "$ARM_URL"
 CONF
-(cd run && AZURE_TENANT_ID=bench-tenant AZURE_CLIENT_ID=bench AZURE_CLIENT_SECRET=bench-secret \
-    AZURE_AUTHORITY_HOST="https://127.0.0.1:$ARM_PORT" SSL_CERT_FILE="$WORK/tls/ca.pem" \
-    /usr/bin/time -o ../time.txt -f "%e %M" "$UPLOSI" upload ../system.raw > ref.txt 2> log.txt) \
+(cd run && /usr/bin/time -o ../time.txt -f "%e %M" "$UPLOSI" upload ../system.raw > ref.txt 2> log.txt) \
     || { cat run/log.txt; exit 1; }
 read -r u_time u_rss < time.txt
 sent=$(python3 -c 'import json,sys; print(sum(e - s + 1 for s, e in json.load(open(sys.argv[1]))))' arm/versions/1.0.0.ranges.json)

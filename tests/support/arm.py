@@ -37,13 +37,13 @@ import http.server
 import json
 import os
 import re
-import ssl
 import threading
 import time
 import urllib.parse
 import uuid
 
 from azure.storage.blob import BlobServiceClient, BlobSasPermissions, generate_blob_sas
+from httpbody import serve
 
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -588,11 +588,7 @@ def main():
     p.add_argument("--no-content", action="store_true", help="record only the page ranges of a version's disk")
     args = p.parse_args()
     os.makedirs(args.state, exist_ok=True)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(args.cert, args.key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.serve_forever()
+    serve(Handler, args.port, args.cert, args.key)
 
 
 if __name__ == "__main__":

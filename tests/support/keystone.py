@@ -21,11 +21,12 @@ import argparse
 import http.client
 import http.server
 import json
-import ssl
 import threading
 import time
 import urllib.parse
 import uuid
+
+from httpbody import serve
 
 USER, USER_ID, PASSWORD = "ci", "u-1234", "s3cret-pw"
 DOMAIN = "Default"
@@ -214,13 +215,7 @@ def main():
     parser.add_argument("--key")
     args = parser.parse_args()
     save()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
-    server.daemon_threads = True
-    if args.cert:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(args.cert, args.key)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-    server.serve_forever()
+    serve(Handler, args.port, args.cert, args.key)
 
 
 if __name__ == "__main__":

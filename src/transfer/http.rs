@@ -111,8 +111,13 @@ pub fn is_transient_status(status: u16) -> bool {
 
 /// The message of a transport error with its causes ("error sending request: connection refused").
 pub fn transport_message(err: &reqwest::Error) -> String {
+    error_chain(err)
+}
+
+/// The message of any error followed by those of its sources that add something.
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut message = err.to_string();
-    let mut source = std::error::Error::source(err);
+    let mut source = err.source();
     while let Some(cause) = source {
         let text = cause.to_string();
         if !message.contains(&text) {
@@ -122,6 +127,11 @@ pub fn transport_message(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     message
+}
+
+/// The `Retry-After` of a response, if it has one in delay seconds.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<std::time::Duration> {
+    headers.get("retry-after").and_then(|v| v.to_str().ok()).and_then(super::parse_retry_after)
 }
 
 #[cfg(test)]

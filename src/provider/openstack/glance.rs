@@ -192,11 +192,7 @@ async fn send(what: &str, request: reqwest::RequestBuilder) -> Result<(reqwest::
         retry: true,
     })?;
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok())
-        .and_then(crate::transfer::parse_retry_after);
+    let retry_after = crate::transfer::http::retry_after(response.headers());
     let body = response.text().await.map_err(|e| OpenStackError::Transport {
         what: what.to_string(),
         message: transport_message(&e),

@@ -1,25 +1,19 @@
 # Sourced by the benchmarks: start_azure DIR starts Azurite and the ARM fake of the tests (tests/support/arm.py)
 # under DIR and exports the environment that points uplosi at them; sets AZURE_PIDS, AZURE_ARM_URL, AZURE_BLOB_URL
 # and AZURE_SUBSCRIPTION.
+. "$(dirname "${BASH_SOURCE[0]}")/tls.sh"
+
 start_azure() {
     local dir="$1" root="$PWD" blob_port arm_port
     command -v azurite-blob >/dev/null || { echo "needs azurite (npm install -g azurite)" >&2; exit 2; }
     python3 -c "import azure.storage.blob" 2>/dev/null || { echo "needs pip install azure-storage-blob" >&2; exit 2; }
     blob_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
     arm_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-    mkdir -p "$dir/azurite" "$dir/tls"
+    mkdir -p "$dir/azurite"
     (cd "$dir/azurite" && exec azurite-blob --blobHost 127.0.0.1 --blobPort "$blob_port" --inMemoryPersistence \
         --disableTelemetry --skipApiVersionCheck --loose >/dev/null 2>&1) &
     AZURE_PIDS="$!"
-    (
-        cd "$dir/tls"
-        openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj "/CN=bench CA" \
-            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
-        openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null
-        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > server.ext
-        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
-            -extfile server.ext 2>/dev/null
-    )
+    make_tls "$dir/tls"
     AZURE_SUBSCRIPTION=0a1b2c3d-0000-4000-8000-000000000042
     AZURE_BLOB_URL="http://127.0.0.1:$blob_port/devstoreaccount1"
     AZURE_ARM_URL="https://127.0.0.1:$arm_port"

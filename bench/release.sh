@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole release run against local emulators (moto for AWS, Azurite and the ARM fake of the tests for Azure,
-# Debian's glance-api for OpenStack) plus a file export, on the bench/make-image.sh image, in one run: each provider alone, then all variants in one
-# `uplosi upload`. Prints the wall times, the ratio all-in-one / slowest alone, and peak RSS.
+# fake-gcs-server and the GCE fake of the tests for GCP, Debian's glance-api for OpenStack) plus a file export, on
+# the bench/make-image.sh image, in one run: each provider alone, then all variants in one `uplosi upload`. Prints
+# the wall times, the ratio all-in-one / slowest alone, and peak RSS.
 #
 # Usage: bench/release.sh [WORKDIR]   (default: a temporary directory, removed afterwards)
 set -euo pipefail
@@ -23,10 +24,16 @@ wait_http() { for _ in $(seq 600); do curl -s -o /dev/null "$1" 2>/dev/null && r
 start_glance "$WORK/glance"
 . bench/azure-fakes.sh
 start_azure "$WORK/azure"
+AZURE_CA="$SSL_CERT_FILE"
+. bench/gcp-fakes.sh
+start_gcp "$WORK/gcp"
+# One CA bundle for both HTTPS fakes.
+cat "$AZURE_CA" "$SSL_CERT_FILE" > "$WORK/ca-bundle.pem"
+export SSL_CERT_FILE="$WORK/ca-bundle.pem"
 MPORT=$(free_port)
 python3 -m moto.server -H 127.0.0.1 -p "$MPORT" >/dev/null 2>&1 &
 MOTO=$!
-stop() { kill "$GLANCE" "$MOTO" $AZURE_PIDS 2>/dev/null || true; wait 2>/dev/null || true; [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
+stop() { kill "$GLANCE" "$MOTO" $AZURE_PIDS $GCP_PIDS 2>/dev/null || true; wait 2>/dev/null || true; [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
 trap stop EXIT
 wait_http "http://127.0.0.1:$MPORT/"
 
@@ -57,6 +64,11 @@ location = "eastus"
 resourceGroup = "bench"
 sharedImageGallery = "bench_gallery"
 resourceManagerEndpoint = "$AZURE_ARM_URL"
+[base.gcp]
+project = "$GCP_PROJECT"
+location = "europe-west3"
+bucket = "bench-bucket"
+computeEndpoint = "$GCP_COMPUTE_URL"
 [base.file]
 path = "$WORK/run/export-{{.Version}}.qcow2"
 replace = true
@@ -66,6 +78,8 @@ provider = "aws"
 provider = "openstack"
 [variant.azure]
 provider = "azure"
+[variant.gcp]
+provider = "gcp"
 [variant.file]
 provider = "file"
 CONF
@@ -80,9 +94,10 @@ timed() { # LABEL ARGS...: prints "seconds rss_kib"
 read -r aws_t aws_m < <(timed aws --enable-variant-glob aws)
 read -r os_t os_m < <(timed openstack --enable-variant-glob openstack)
 read -r az_t az_m < <(timed azure --enable-variant-glob azure)
+read -r gcp_t gcp_m < <(timed gcp --enable-variant-glob gcp)
 read -r file_t file_m < <(timed file --enable-variant-glob file)
 read -r all_t all_m < <(timed all)
-slowest=$(python3 -c "print(max($aws_t, $os_t, $az_t, $file_t))")
-echo "alone: aws ${aws_t} s (${aws_m} KiB), openstack ${os_t} s (${os_m} KiB), azure ${az_t} s (${az_m} KiB), file ${file_t} s (${file_m} KiB)"
-echo "all four in one run: ${all_t} s, peak RSS ${all_m} KiB ($(python3 -c "print(f'{$all_m / 1024:.0f}')") MiB)"
+slowest=$(python3 -c "print(max($aws_t, $os_t, $az_t, $gcp_t, $file_t))")
+echo "alone: aws ${aws_t} s (${aws_m} KiB), openstack ${os_t} s (${os_m} KiB), azure ${az_t} s (${az_m} KiB), gcp ${gcp_t} s (${gcp_m} KiB), file ${file_t} s (${file_m} KiB)"
+echo "all five in one run: ${all_t} s, peak RSS ${all_m} KiB ($(python3 -c "print(f'{$all_m / 1024:.0f}')") MiB)"
 echo "all-in-one / slowest alone = $(python3 -c "print(f'{$all_t / $slowest:.2f}')")"

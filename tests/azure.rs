@@ -22,16 +22,7 @@ fn image(dir: &Path) -> (PathBuf, Vec<(u64, u64)>) {
     let file = std::fs::File::create(&path).expect("create");
     file.set_len(size).expect("size");
     let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut random = |len: u64| -> Vec<u8> {
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8 | 1
-            })
-            .collect()
-    };
+    let mut random = |len: u64| support::fixtures::xorshift_bytes(&mut state, len, true);
     let data =
         vec![(0, 64 << 10), (MIB, 6 * MIB + 1000), (30 * MIB, 4096), (30 * MIB + 8192, 4096), (size - 9000, 9000)];
     for (at, len) in &data {
@@ -304,11 +295,9 @@ fn ctrl_c_during_the_page_upload_deletes_the_disk() {
     let azure = Azure::start(Options { fault_rate: 1.0, faults: "delay", delay: 2.0, ..Options::default() });
     let (ws, _raw, _) = workspace(&azure, "");
     let child = spawn_release(&azure, &ws);
-    let started = Instant::now();
-    while azure.proxy.stats()["matched"].as_u64().unwrap_or(0) == 0 {
-        assert!(started.elapsed() < Duration::from_secs(60), "no Put Page was sent");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::wait_until("a Put Page", Duration::from_secs(60), || {
+        azure.proxy.stats()["matched"].as_u64().unwrap_or(0) > 0
+    });
     support::interrupt(&child);
     let out = child.wait_with_output().expect("wait");
     let stderr = text(&out.stderr);

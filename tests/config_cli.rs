@@ -408,7 +408,7 @@ fn version_completions_and_help() {
 }
 
 #[test]
-fn upload_without_provider_support_fails_before_any_work() {
+fn gcp_without_credentials_fails_before_any_work() {
     let ws = Workspace::new();
     ws.write(
         "uplosi.conf",
@@ -416,9 +416,25 @@ fn upload_without_provider_support_fails_before_any_work() {
          project = \"myproject-123456\"\nlocation = \"europe-west3\"\nbucket = \"my-image-upload\"\n",
     )
     .write("foo-version.txt", "2.0.7\n");
-    let err = ws.uplosi().args(["upload", "system.raw", "-i"]).assert().code(2).stdout("").get_output().stderr.clone();
+    // No key file, no gcloud credentials in HOME, and no metadata server: Application Default Credentials give none.
+    let err = ws
+        .uplosi()
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .env_remove("CLOUDSDK_CONFIG")
+        .env("HOME", ws.path())
+        .env("GCE_METADATA_HOST", "127.0.0.1:9")
+        .args(["upload", "system.raw", "-i"])
+        .assert()
+        .code(2)
+        .stdout("")
+        .get_output()
+        .stderr
+        .clone();
     let err = String::from_utf8_lossy(&err);
-    assert!(err.contains("uploading to gcp is not available") && err.contains("nothing was uploaded"), "{err}");
+    assert!(
+        err.contains("no usable Google Cloud credentials") && err.contains("GOOGLE_APPLICATION_CREDENTIALS"),
+        "{err}"
+    );
     assert_eq!(ws.read("foo-version.txt"), "2.0.7\n", "a failed run never bumps the version");
 }
 

@@ -1,6 +1,6 @@
 //! The whole release run: variants of every provider this build supports (AWS against moto, Azure against Azurite
-//! and the ARM fake, OpenStack against a real glance-api, a local file) in one `uplosi upload`, the manifest,
-//! partial failure and `--retry-failed`.
+//! and the ARM fake, GCP against fake-gcs-server and the GCE fake, OpenStack against a real glance-api, a local
+//! file) in one `uplosi upload`, the manifest, partial failure and `--retry-failed`.
 
 mod support;
 
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use support::azure::{self, Azure};
 use support::fixtures;
+use support::gcp::{self, Gcp};
 use support::glance::Glance;
 use support::moto;
 
@@ -44,6 +45,11 @@ fn azure_variant(azure: &Azure) -> String {
         azure::GROUP,
         azure.arm_url
     )
+}
+
+/// A GCP variant for fake-gcs-server and the GCE fake, appended to [`CONFIG`].
+fn gcp_variant(gcp: &Gcp) -> String {
+    format!("\n[variant.gcp]\nprovider = \"gcp\"\n\n[variant.gcp.gcp]\n{}", gcp.config("release-uploads"))
 }
 
 fn workspace(glance: &Glance, image: &Path) -> support::Workspace {
@@ -90,12 +96,19 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     let server = moto::start();
     let glance = Glance::start();
     let azure = Azure::start(azure::Options::default());
+    let gcp = Gcp::start(gcp::Options::default());
     let image = fixtures::gpt_image();
-    let ws = workspace_with(&glance, &image.path, &azure_variant(&azure));
+    let ws = workspace_with(&glance, &image.path, &format!("{}{}", azure_variant(&azure), gcp_variant(&gcp)));
     let manifest_path = ws.path().join("manifest.json");
+    // One CA bundle for both HTTPS fakes.
+    let bundle = ws.path().join("ca-bundle.pem");
+    let cas = [std::fs::read(azure.ca.ca()).expect("ca"), std::fs::read(gcp.ca.ca()).expect("ca")].concat();
+    std::fs::write(&bundle, cas).expect("bundle");
     let mut cmd = uplosi(&ws, &server.url);
-    let out = azure
+    azure.std_env(&mut cmd);
+    let out = gcp
         .std_env(&mut cmd)
+        .env("SSL_CERT_FILE", &bundle)
         .args(["upload", "system.raw", "-i", "--jobs", "2", "--output", "json", "--manifest"])
         .arg(&manifest_path)
         .output()
@@ -109,7 +122,7 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     assert_eq!(manifest["version"], "1.2.3");
     assert_eq!(manifest["versionBumped"], true);
     assert_eq!(ws.read("version.txt").trim(), "1.2.4");
-    for name in ["aws", "azure", "openstack", "libvirt"] {
+    for name in ["aws", "azure", "gcp", "openstack", "libvirt"] {
         let v = variant(&manifest, name);
         assert_eq!(v["status"], "ok", "{v}");
         assert_eq!(v["references"].as_array().map(Vec::len), Some(1), "{v}");
@@ -126,9 +139,13 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     assert!(version_id.ends_with("/galleries/release_gallery/images/podvm/versions/1.2.3"), "{version_id}");
     assert_eq!(azure.calls("PUT", "/versions/1.2.3").len(), 1);
     assert!(azure.blobs().is_empty(), "the upload disk is gone");
+    let image_path = variant(&manifest, "gcp")["references"][0].as_str().expect("image path");
+    assert_eq!(image_path, format!("projects/{}/global/images/podvm-1-2-3", gcp::PROJECT));
+    assert_eq!(gcp.images()["podvm-1-2-3"]["status"], "READY");
+    assert!(gcp.objects("release-uploads").is_empty(), "the archive object is gone");
     // The old shape: one entry per reference with variant, provider and reference.
     let refs = manifest["references"].as_array().expect("references");
-    assert_eq!(refs.len(), 4);
+    assert_eq!(refs.len(), 5);
     assert!(
         refs.iter().any(|r| r["variant"] == "openstack" && r["provider"] == "openstack" && r["reference"] == glance_id)
     );
@@ -141,7 +158,8 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     assert!(stderr.lines().any(|l| l.contains("INFO openstack: openstack: created image")), "{stderr}");
     assert!(stderr.lines().any(|l| l.contains("INFO aws: ")), "{stderr}");
     assert!(stderr.lines().any(|l| l.contains("INFO azure: azure: creating disk")), "{stderr}");
-    for secret in ["Signature=", "Credential=", "X-Auth-Token", azure::CLIENT_SECRET, "Bearer arm-"] {
+    assert!(stderr.lines().any(|l| l.contains("INFO gcp: gcp: creating image podvm-1-2-3")), "{stderr}");
+    for secret in ["Signature=", "Credential=", "X-Auth-Token", azure::CLIENT_SECRET, "Bearer arm-", "PRIVATE KEY"] {
         assert!(!stderr.contains(secret), "{secret} in the log");
     }
 }

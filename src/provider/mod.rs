@@ -4,6 +4,7 @@
 pub mod aws;
 pub mod azure;
 pub mod file;
+pub mod gcp;
 pub mod openstack;
 
 use thiserror::Error;
@@ -49,20 +50,12 @@ pub enum ProviderError {
     /// The local file export failed.
     #[error(transparent)]
     File(#[from] file::FileError),
+    /// GCP failed.
+    #[error(transparent)]
+    Gcp(#[from] gcp::GcpError),
     /// OpenStack failed.
     #[error(transparent)]
     OpenStack(#[from] openstack::OpenStackError),
-    /// This build cannot upload to the provider.
-    #[error(
-        "uploading to {provider} is not available in this version of uplosi ({variant}); nothing was uploaded. \
-         Run with --dry-run to check the configuration, or disable the variant with --disable-variant-glob"
-    )]
-    Unavailable {
-        /// The provider.
-        provider: &'static str,
-        /// Which variant asked for it.
-        variant: String,
-    },
 }
 
 impl ProviderError {
@@ -72,8 +65,8 @@ impl ProviderError {
             ProviderError::Aws(e) => matches!(e, aws::AwsError::Interrupted),
             ProviderError::Azure(e) => matches!(e, azure::AzureError::Interrupted),
             ProviderError::File(e) => e.is_interrupted(),
+            ProviderError::Gcp(e) => matches!(e, gcp::GcpError::Interrupted),
             ProviderError::OpenStack(e) => matches!(e, openstack::OpenStackError::Interrupted),
-            ProviderError::Unavailable { .. } => false,
         }
     }
 
@@ -82,21 +75,10 @@ impl ProviderError {
         match self {
             ProviderError::Azure(e) => e.is_usage(),
             ProviderError::File(e) => e.is_usage(),
+            ProviderError::Gcp(e) => e.is_usage(),
             ProviderError::OpenStack(e) => e.is_usage(),
-            ProviderError::Unavailable { .. } => true,
             ProviderError::Aws(_) => false,
         }
-    }
-}
-
-/// Fails before any work if a provider of `variants` cannot be uploaded to by this build.
-pub fn check_supported(variants: &[VariantConfig]) -> Result<(), ProviderError> {
-    match variants
-        .iter()
-        .find(|v| !matches!(v.provider, Provider::Aws | Provider::Azure | Provider::File | Provider::OpenStack))
-    {
-        Some(v) => Err(ProviderError::Unavailable { provider: v.provider.as_str(), variant: v.label() }),
-        None => Ok(()),
     }
 }
 
@@ -106,8 +88,8 @@ pub async fn preflight(cfg: &VariantConfig) -> Result<(), ProviderError> {
         Provider::Aws => Ok(aws::preflight(cfg).await?),
         Provider::Azure => Ok(azure::preflight(cfg).await?),
         Provider::File => Ok(file::preflight(cfg)?),
+        Provider::Gcp => Ok(gcp::preflight(cfg).await?),
         Provider::OpenStack => Ok(openstack::preflight(cfg).await?),
-        other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
     }
 }
 
@@ -126,7 +108,7 @@ pub async fn upload(
             .collect()),
         Provider::Azure => Ok(azure::upload(cfg, image, options).await?),
         Provider::File => Ok(file::upload(cfg, image, options).await?.into_iter().map(Reference::global).collect()),
+        Provider::Gcp => Ok(gcp::upload(cfg, image, options).await?),
         Provider::OpenStack => Ok(openstack::upload(cfg, image, options).await?),
-        other => Err(ProviderError::Unavailable { provider: other.as_str(), variant: cfg.label() }),
     }
 }

@@ -10,7 +10,12 @@ same generator:
     reset    the connection is reset (RST) after reading the request, without an answer
     delay    the request is held --delay seconds (default 1.5), then forwarded normally
 Everything else, and the data-plane requests that draw no fault, are forwarded unchanged (Host header included,
-so signatures stay valid). Counts per fault and forwarded requests go to --stats as JSON.
+so signatures stay valid). Counts per fault and forwarded requests go to --stats as JSON, with the body bytes of
+forwarded data-plane requests in "matched_bytes".
+
+--script 503,503 gives the first data-plane requests these faults, in order, before --rate applies; --min-body N
+makes requests with a smaller body (e.g. the status queries of a GCS resumable upload) no data plane.
+--host is the address to listen on (default 127.0.0.1).
 
 --check-azure-pages makes the proxy check what Azurite does not: every Put Page (PUT ?comp=page) must carry a
 Content-MD5 matching its body, at most 4 MiB, and a 512-aligned range of exactly the body's length; a violation is
@@ -38,7 +43,7 @@ from httpbody import read_body
 args = None
 lock = threading.Lock()
 rng = None
-stats = {"matched": 0, "forwarded": 0, "faults": {}, "pages": 0, "page_bytes": 0, "page_errors": 0}
+stats = {"matched": 0, "forwarded": 0, "matched_bytes": 0, "faults": {}, "pages": 0, "page_bytes": 0, "page_errors": 0}
 
 
 def save():
@@ -52,7 +57,10 @@ def draw():
     """The fault for the next matching request, or None."""
     with lock:
         stats["matched"] += 1
-        fault = rng.choice(args.faults) if rng.random() < args.rate else None
+        if args.script:
+            fault = args.script.pop(0)
+        else:
+            fault = rng.choice(args.faults) if rng.random() < args.rate else None
         if fault:
             stats["faults"][fault] = stats["faults"].get(fault, 0) + 1
         save()
@@ -89,13 +97,14 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def handle_any(self):
         path = urllib.parse.urlparse(self.path).path
-        fault = draw() if re.search(args.match, f"{self.command} {path}") else None
         try:
             body = self.read_body()
         except (ValueError, OSError):
             # The client went away in the middle of its body (Ctrl-C, an aborted request).
             self.close_connection = True
             return
+        matched = re.search(args.match, f"{self.command} {path}") is not None and len(body) >= args.min_body
+        fault = draw() if matched else None
         if fault == "reset":
             self.close_connection = True
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -118,7 +127,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     save()
                 data = json.dumps({"code": problem[0], "message": problem[1]}).encode()
                 return self.reply(400, data, [("Content-Type", "application/json"), ("x-ms-error-code", problem[0])])
-        self.forward(body)
+        self.forward(body, matched)
 
     def page_problem(self, body):
         md5 = self.headers.get("Content-MD5")
@@ -134,7 +143,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return ("InvalidPageRange", f"range {start}-{end} is not 512-aligned or not the body's length {len(body)}")
         return None
 
-    def forward(self, body):
+    def forward(self, body, matched):
         upstream = urllib.parse.urlparse(args.upstream)
         conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=300)
         headers = {k: v for k, v in self.headers.items()
@@ -152,6 +161,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             conn.close()
         with lock:
             stats["forwarded"] += 1
+            if matched:
+                stats["matched_bytes"] += len(body)
             if args.check_azure_pages and self.command == "PUT" and "comp=page" in self.path and response.status == 201:
                 stats["pages"] += 1
                 stats["page_bytes"] += len(body)
@@ -175,11 +186,15 @@ def main():
     parser.add_argument("--faults", default="500,503,429,reset,delay")
     parser.add_argument("--delay", type=float, default=1.5)
     parser.add_argument("--check-azure-pages", action="store_true")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--script", default="")
+    parser.add_argument("--min-body", type=int, default=0)
     args = parser.parse_args()
     args.faults = args.faults.split(",")
+    args.script = [f for f in args.script.split(",") if f]
     rng = random.Random(args.seed)
     save()
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server = http.server.ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True
     server.serve_forever()
 

@@ -2,7 +2,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use super::moto::{free_port, wait_listening};
+use super::moto::{free_port, wait_listening_on};
 
 /// A running proxy, killed on drop.
 pub struct FaultProxy {
@@ -30,9 +30,33 @@ impl FaultProxy {
         Self::spawn(upstream, "^PUT /devstoreaccount1/", rate, seed, faults, delay, true)
     }
 
+    /// A proxy for Cloud Storage on `host`:80 (the official Google clients drop a non-default port from `Host`, and
+    /// fake-gcs-server builds upload URLs from it). Chunk uploads (`PUT /upload/…` with a body; not the empty
+    /// status queries) are the data plane; `script` faults the first of them in order (e.g. "503,503"), then `rate`
+    /// applies. `stats()["matched_bytes"]` counts the chunk bytes forwarded.
+    pub fn start_gcs(upstream: &str, host: &str, rate: f64, faults: &str, script: &str) -> Self {
+        let extra = ["--host", host, "--min-body", "1", "--script", script].map(str::to_string);
+        // Seed 18 draws a fault for the first and third of the first three chunk requests at a rate of 0.2.
+        Self::spawn_on(upstream, "^PUT /upload/", rate, 18, faults, 1.5, false, (host, 80), &extra)
+    }
+
     fn spawn(upstream: &str, pattern: &str, rate: f64, seed: u64, faults: &str, delay: f64, pages: bool) -> Self {
+        Self::spawn_on(upstream, pattern, rate, seed, faults, delay, pages, ("127.0.0.1", free_port()), &[])
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn spawn_on(
+        upstream: &str,
+        pattern: &str,
+        rate: f64,
+        seed: u64,
+        faults: &str,
+        delay: f64,
+        pages: bool,
+        (host, port): (&str, u16),
+        extra: &[String],
+    ) -> Self {
         let stats = tempfile::NamedTempFile::new().expect("stats file");
-        let port = free_port();
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/fault_proxy.py");
         let mut child = Command::new("python3")
             .arg(script)
@@ -41,12 +65,14 @@ impl FaultProxy {
             .args(["--delay", &delay.to_string(), "--stats"])
             .arg(stats.path())
             .args(pages.then_some("--check-azure-pages"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3");
-        wait_listening(port, &mut child, "fault_proxy.py");
-        FaultProxy { child, stats, url: format!("http://127.0.0.1:{port}") }
+        wait_listening_on(host, port, &mut child, "fault_proxy.py");
+        let url = if port == 80 { format!("http://{host}") } else { format!("http://{host}:{port}") };
+        FaultProxy { child, stats, url }
     }
 
     /// `{"matched": N, "forwarded": N, "faults": {"500": N, …}}`.

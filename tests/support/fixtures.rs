@@ -196,3 +196,16 @@ pub fn huge_sparse() -> Fixture {
     })
     .clone()
 }
+
+/// `len` pseudo-random bytes from an xorshift generator whose state is `state` (deterministic, incompressible);
+/// with `nonzero`, no byte is zero, so no 4 KiB block of the result is a hole.
+pub fn xorshift_bytes(state: &mut u64, len: u64, nonzero: bool) -> Vec<u8> {
+    (0..len)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            (*state >> 24) as u8 | u8::from(nonzero)
+        })
+        .collect()
+}

@@ -4,6 +4,7 @@
 pub mod azure;
 pub mod faults;
 pub mod fixtures;
+pub mod gcp;
 pub mod glance;
 pub mod moto;
 pub mod uki;
@@ -117,4 +118,13 @@ pub fn interrupt(child: &std::process::Child) {
     // SAFETY: kill has no memory-safety preconditions; the pid is our own child's.
     let rc = unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     assert_eq!(rc, 0, "kill failed");
+}
+
+/// Polls `ready` every 20 ms until it holds, failing the test with `what` after `limit`.
+pub fn wait_until(what: &str, limit: std::time::Duration, mut ready: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !ready() {
+        assert!(started.elapsed() < limit, "{what} did not happen within {limit:?}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }

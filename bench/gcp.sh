@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GCP upload figures against fake-gcs-server and the GCE fake of the tests, in one run on the same input:
 #   - uplosi: conversion (sparse tar, parallel gzip) streamed into a resumable upload, from start until the object
-#     is written and verified (read from uplosi's own log timestamps, so the fake's unpacking for images.insert is
+#     is written and verified (read from uplosi's own log timestamps, so the images.insert that follows is
 #     not counted), peak RSS of the whole run, bytes of the object, and whether any file appeared in TMPDIR or the
 #     working directory;
 #   - the Go tool's method: `tar -S | gzip -6` into a temporary file, then that file uploaded to the same
@@ -71,7 +71,7 @@ printf '[variant.one]\n[variant.two]\n[variant.two.gcp]\nbucket = "bench-two"\ni
     || { cat two.log >&2; exit 1; }
 read -r two_total two_rss < time.txt
 
-echo "uplosi: $u_bytes bytes in the object, ${u_time} s until it was written and verified (whole run with the fake's images.insert: ${u_total} s), peak RSS ${u_rss} KiB ($(python3 -c "print(f'{$u_rss / 1024:.0f}')") MiB), files written to TMPDIR or the working directory: $leftovers"
+echo "uplosi: $u_bytes bytes in the object, ${u_time} s until it was written and verified (whole run with images.insert: ${u_total} s), peak RSS ${u_rss} KiB ($(python3 -c "print(f'{$u_rss / 1024:.0f}')") MiB), files written to TMPDIR or the working directory: $leftovers"
 echo "tar -S | gzip -6 > tmp; upload tmp: $g_bytes bytes, ${g_time} s (temporary file of $g_bytes bytes)"
 echo "time uplosi / Go method = $(python3 -c "print(f'{$u_time / $g_time:.3f}')")"
 echo "two GCP variants in one run: ${two_total} s against ${u_total} s for one ($(python3 -c "print(f'{$two_total / $u_total:.2f}')")×), peak RSS ${two_rss} KiB"

@@ -108,15 +108,20 @@ fn strip_ansi(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Masks credentials in `text`: SAS `sig=`, presigned `X-Amz-Signature` / `X-Amz-Security-Token`,
-/// `Authorization` and `X-Auth-Token` / `X-Subject-Token` headers, and `password`, `secret`, `token` values (as
-/// clouds.yaml, JSON bodies or `Debug` output spell them).
+/// Masks credentials in `text`: SAS `sig=`, presigned `X-Amz-Signature` / `X-Amz-Security-Token`, the
+/// `upload_id` of a GCS resumable session URI (whoever has it can write the object), `Authorization` and
+/// `X-Auth-Token` / `X-Subject-Token` headers, bearer tokens, PEM private keys, and `password`, `secret`, `token`
+/// values (as clouds.yaml, JSON bodies or `Debug` output spell them).
 pub fn redact(text: &str) -> Cow<'_, str> {
     static PATTERNS: OnceLock<Vec<Regex>> = OnceLock::new();
     let patterns = PATTERNS.get_or_init(|| {
         [
             // Query parameters: the value runs to the next separator.
-            r"(?i)((?:[?&]|\b)(?:sig|x-amz-signature|x-amz-security-token|x-amz-credential|client_secret|access_token)=)[^&\s\x22'<>]+",
+            r"(?i)((?:[?&]|\b)(?:sig|x-amz-signature|x-amz-security-token|x-amz-credential|client_secret|access_token|upload_id)=)[^&\s\x22'<>)]+",
+            // A PEM private key (a service-account key file's `private_key`), whole.
+            r"(-----BEGIN [A-Z ]*PRIVATE KEY-----)[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----",
+            // A bearer token wherever it stands.
+            r"(?i)(\bbearer\s+)[A-Za-z0-9._~+/=-]+",
             // Headers, as text or as Debug/JSON pairs: the rest of the value (it may contain spaces).
             r#"(?i)((?:authorization|x-auth-token|x-subject-token|x-ms-copy-source-authorization)\x22?\s*[:=]\s*\x22?)[^\x22\n\r]+"#,
             // Secrets as keys of clouds.yaml, JSON or Debug output.
@@ -165,6 +170,18 @@ mod tests {
             (r#"{"password": "s3cret-pw", "name": "ci"}"#, r#"{"password": "[REDACTED]", "name": "ci"}"#),
             ("auth: password: hunter2 username: ci", "auth: password: [REDACTED] username: ci"),
             ("application_credential_secret=app-s3cret", "application_credential_secret=[REDACTED]"),
+            (
+                "error sending request for url (http://h/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=ADPy3x)",
+                "error sending request for url (http://h/upload/storage/v1/b/b/o?uploadType=resumable&upload_id=[REDACTED])",
+            ),
+            (
+                "key: -----BEGIN PRIVATE KEY-----\nMIIEvQ\n-----END PRIVATE KEY----- end",
+                "key: -----BEGIN PRIVATE KEY-----[REDACTED] end",
+            ),
+            (
+                "the server refused bearer eyJhbGciOiJSUzI1NiJ9.e30.c2ln here",
+                "the server refused bearer [REDACTED] here",
+            ),
         ];
         for (input, expected) in cases {
             assert_eq!(redact(input), expected, "{input}");

@@ -135,8 +135,9 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
             let bucket = g.bucket.as_deref().unwrap_or_default();
             s.push(format!("convert {image} to a GCE tar.gz (sparse disk.raw, size rounded up to a whole GiB)"));
             s.push(format!("upload to gs://{bucket}/{}", g.blob_name));
+            // Empty is Compute Engine's default, as with the Go tool: the multi-region nearest the archive's bucket.
             let locations = if g.storage_locations.is_empty() {
-                g.location.clone().unwrap_or_default()
+                "the multi-region nearest the bucket".to_string()
             } else {
                 list(&g.storage_locations)
             };

@@ -17,17 +17,17 @@ const IMAGE: &str = "podvm-1-2-3";
 const OBJECT: &str = "podvm-1-2-3.tar.gz";
 const BUCKET: &str = "podvm-uploads";
 
-/// A 112 MiB + 4097 byte image (not MiB-aligned) with incompressible data in several runs, 100 MiB of it in one run
-/// so the archive takes three chunks (48 + 48 + 4 MiB), a zero block inside data, a long hole, and data up to the
+/// A 148 MiB + 4097 byte image (not MiB-aligned) with incompressible data in several runs, 140 MiB of it in one run
+/// so the archive takes three chunks (64 + 64 + 12 MiB), a zero block inside data, a long hole, and data up to the
 /// last byte.
 fn image(dir: &Path) -> PathBuf {
     let path = dir.join("disk.raw");
-    let size = 112 * MIB + 4097;
+    let size = 148 * MIB + 4097;
     let file = std::fs::File::create(&path).expect("create");
     file.set_len(size).expect("size");
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut random = |len: u64| support::fixtures::xorshift_bytes(&mut state, len, false);
-    for (at, len) in [(0, 64 << 10), (MIB, 100 * MIB), (104 * MIB, 4096), (104 * MIB + 8192, 4096), (size - 9000, 9000)]
+    for (at, len) in [(0, 64 << 10), (MIB, 140 * MIB), (142 * MIB, 4096), (142 * MIB + 8192, 4096), (size - 9000, 9000)]
     {
         file.write_all_at(&random(len), at).expect("write");
     }
@@ -140,7 +140,7 @@ storageLocations = ["eu"]"#;
     assert!(gcp.objects(BUCKET).is_empty(), "objects left: {:?}", gcp.objects(BUCKET));
     let archive = image["archiveSizeBytes"].as_str().and_then(|s| s.parse::<u64>().ok()).expect("archive size");
     assert_eq!(gcp.proxy.stats()["matched_bytes"].as_u64(), Some(archive), "each archive byte sent once");
-    assert_eq!(gcp.proxy.stats()["matched"], 3, "the archive went up in three chunks, as it was produced");
+    assert_eq!(gcp.proxy.stats()["matched"], 3, "the archive went up in three chunks, as it was produced:\n{stderr}");
     assert!(stderr.contains("CRC32C verified"), "{stderr}");
     assert_eq!(ws.read("version.txt"), "1.2.3\n", "upload without -i keeps the version");
     assert_no_secrets(&stderr);

@@ -23,12 +23,13 @@ use crate::progress::Progress;
 use crate::provider::UploadOptions;
 use crate::transfer::RetryPolicy;
 
-/// Bytes per resumable-upload request: 192 × 256 KiB (GCS wants multiples of 256 KiB). Two chunks are held (one in
+/// Bytes per resumable-upload request: 256 × 256 KiB (GCS wants multiples of 256 KiB). Two chunks are held (one in
 /// flight for resending, one filling), so this is most of the upload's memory. Fewer, larger requests cost less per
-/// byte; fake-gcs-server even re-hashes the whole object on every chunk. 16 MiB took 15.5 s for the bench image
-/// there, 64 MiB 9.6 s (bench/gcp.sh). Above 32 MiB glibc serves each buffer with its own mapping and returns it
-/// when freed, so the peak stays at two chunks.
-pub const CHUNK: usize = 48 << 20;
+/// byte, and fake-gcs-server even re-hashes the whole object on every chunk: for the bench image (bench/gcp.sh) the
+/// upload took 15.5 s with 16 MiB chunks, 9.9–11.4 s with 48 MiB and 8.4–9.9 s with 64 MiB, at a peak RSS of about
+/// 220 MiB. Above 32 MiB glibc serves each buffer with its own mapping and returns it when freed, so the peak stays
+/// at two chunks.
+pub const CHUNK: usize = 64 << 20;
 /// Compressed bytes handed over at a time.
 const PIECE: usize = 1 << 20;
 /// Pieces waiting between the compressor and the upload.

@@ -154,29 +154,17 @@ impl Azure {
 
     /// Points `cmd` at the fakes ([`Azure::vars`]), with no other credential source in reach.
     pub fn env<'c>(&self, cmd: &'c mut assert_cmd::Command) -> &'c mut assert_cmd::Command {
-        cmd.envs(self.vars());
-        for name in UNSET {
-            cmd.env_remove(name);
-        }
-        cmd
+        super::point_at(cmd, &self.vars(), &UNSET)
     }
 
     /// [`Azure::env`] for a `std::process::Command`.
     pub fn std_env<'c>(&self, cmd: &'c mut std::process::Command) -> &'c mut std::process::Command {
-        cmd.envs(self.vars());
-        for name in UNSET {
-            cmd.env_remove(name);
-        }
-        cmd
+        super::point_at(cmd, &self.vars(), &UNSET)
     }
 
     /// Every ARM request so far (method, path, query, status, body).
     pub fn requests(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.state.path().join("requests.jsonl"))
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("request record"))
-            .collect()
+        super::read_jsonl(&self.state.path().join("requests.jsonl"))
     }
 
     /// The requests with `method` whose path ends with `suffix` (case-insensitive).

@@ -128,3 +128,49 @@ pub fn wait_until(what: &str, limit: std::time::Duration, mut ready: impl FnMut(
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A command the tests run uplosi with: `assert_cmd::Command` or `std::process::Command`.
+pub trait EnvCommand {
+    /// Sets variable `key`.
+    fn set_var(&mut self, key: &str, value: &str);
+    /// Removes variable `key`.
+    fn unset_var(&mut self, key: &str);
+}
+
+impl EnvCommand for assert_cmd::Command {
+    fn set_var(&mut self, key: &str, value: &str) {
+        self.env(key, value);
+    }
+    fn unset_var(&mut self, key: &str) {
+        self.env_remove(key);
+    }
+}
+
+impl EnvCommand for std::process::Command {
+    fn set_var(&mut self, key: &str, value: &str) {
+        self.env(key, value);
+    }
+    fn unset_var(&mut self, key: &str) {
+        self.env_remove(key);
+    }
+}
+
+/// Sets `vars` on `cmd` and removes `unset`: how a fake points uplosi at itself and nothing else.
+pub fn point_at<'c, C: EnvCommand>(cmd: &'c mut C, vars: &[(&'static str, String)], unset: &[&str]) -> &'c mut C {
+    for (key, value) in vars {
+        cmd.set_var(key, value);
+    }
+    for key in unset {
+        cmd.unset_var(key);
+    }
+    cmd
+}
+
+/// The records of a JSON-lines file the fakes append to (an absent file has none).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}

@@ -6,7 +6,6 @@ mod support;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::azure::{self, Azure, Options};
@@ -65,29 +64,8 @@ fn workspace(azure: &Azure, extra: &str) -> (support::Workspace, PathBuf, Vec<(u
     let scratch = tempfile::tempdir().expect("tempdir");
     let (raw, data) = image(scratch.path());
     let ws = support::Workspace::with_image(&config(azure, extra), &raw);
-    // The image lives as long as the workspace.
-    let kept = ws.path().join("disk.raw");
-    std::fs::rename(&raw, &kept).expect("move image");
-    ws.link_image("system.raw", &kept);
+    let kept = ws.adopt_image(&raw);
     (ws, kept, data)
-}
-
-fn upload(azure: &Azure, ws: &support::Workspace, args: &[&str]) -> std::process::Output {
-    let mut cmd = ws.uplosi();
-    azure.env(&mut cmd);
-    cmd.args(["upload", "system.raw"]).args(args).timeout(Duration::from_secs(300)).output().expect("run")
-}
-
-/// `uplosi -i system.raw` in the background, as a release step runs it, to be interrupted.
-fn spawn_release(azure: &Azure, ws: &support::Workspace) -> std::process::Child {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
-    azure
-        .std_env(cmd.current_dir(ws.path()))
-        .env_remove("RUST_LOG")
-        .args(["-i", "system.raw"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("spawn")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -142,7 +120,7 @@ fn assert_disk_is_the_converted_vhd(azure: &Azure, ws: &support::Workspace, raw:
 fn end_to_end_writes_only_data_pages_and_creates_the_version_in_every_region() {
     let azure = Azure::start(Options::default());
     let (ws, raw, data) = workspace(&azure, "");
-    let out = upload(&azure, &ws, &["-v"]);
+    let out = support::upload_to(&azure, &ws, &["-v"]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "uplosi failed:\n{stderr}");
     assert_eq!(text(&out.stdout).trim(), version_id("1.2.3"), "stdout is the version's resource ID");
@@ -234,7 +212,7 @@ fn community_gallery_gives_the_community_id_and_existing_definitions_must_match(
     // The same definition with another security type: exit 2 before any disk, naming both values.
     let disks_before = azure.calls("PUT", "/disks/podvm-1.2.3").len();
     ws.write("uplosi.conf", &config(&azure, &format!("{community}\nattestationVariant = \"azure-trustedlaunch\"")));
-    let out = upload(&azure, &ws, &[]);
+    let out = support::upload_to(&azure, &ws, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("\"ConfidentialVMSupported\"") && stderr.contains("\"TrustedLaunch\""), "{stderr}");
@@ -242,7 +220,7 @@ fn community_gallery_gives_the_community_id_and_existing_definitions_must_match(
 
     // A private config against the community gallery: its sharing differs.
     ws.write("uplosi.conf", &config(&azure, ""));
-    let out = upload(&azure, &ws, &[]);
+    let out = support::upload_to(&azure, &ws, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("sharing Community") && stderr.contains("Private"), "{stderr}");
@@ -252,9 +230,9 @@ fn community_gallery_gives_the_community_id_and_existing_definitions_must_match(
 fn an_existing_version_is_replaced_unless_replace_is_false() {
     let azure = Azure::start(Options::default());
     let (ws, _raw, _) = workspace(&azure, "");
-    let first = upload(&azure, &ws, &[]);
+    let first = support::upload_to(&azure, &ws, &[]);
     assert!(first.status.success(), "{}", text(&first.stderr));
-    let second = upload(&azure, &ws, &[]);
+    let second = support::upload_to(&azure, &ws, &[]);
     let stderr = text(&second.stderr);
     assert!(second.status.success(), "{stderr}");
     assert!(stderr.contains("deleting the existing image version"), "{stderr}");
@@ -262,7 +240,7 @@ fn an_existing_version_is_replaced_unless_replace_is_false() {
     assert_eq!(azure.calls("PUT", "/versions/1.2.3").len(), 2);
 
     ws.write("uplosi.conf", &config(&azure, "replace = false"));
-    let third = upload(&azure, &ws, &[]);
+    let third = support::upload_to(&azure, &ws, &[]);
     let stderr = text(&third.stderr);
     assert_eq!(third.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("image version 1.2.3 already exists") && stderr.contains("replace = true"), "{stderr}");
@@ -274,7 +252,7 @@ fn a_page_range_that_keeps_failing_is_retried_then_the_disk_is_deleted() {
     let azure = Azure::start(Options { fault_rate: 1.0, faults: "503", ..Options::default() });
     let (ws, _raw, _) = workspace(&azure, "");
     let started = Instant::now();
-    let out = upload(&azure, &ws, &["--concurrency", "2", "-v"]);
+    let out = support::upload_to(&azure, &ws, &["--concurrency", "2", "-v"]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(120), "retries are bounded");
@@ -294,7 +272,7 @@ fn a_page_range_that_keeps_failing_is_retried_then_the_disk_is_deleted() {
 fn ctrl_c_during_the_page_upload_deletes_the_disk() {
     let azure = Azure::start(Options { fault_rate: 1.0, faults: "delay", delay: 2.0, ..Options::default() });
     let (ws, _raw, _) = workspace(&azure, "");
-    let child = spawn_release(&azure, &ws);
+    let child = support::spawn_release(&azure, &ws);
     support::wait_until("a Put Page", Duration::from_secs(60), || {
         azure.proxy.stats()["matched"].as_u64().unwrap_or(0) > 0
     });
@@ -374,7 +352,7 @@ fn a_failed_version_operation_exits_1_with_the_message_and_deletes_the_disk() {
     let azure =
         Azure::start(Options { fail_version: Some("Replication to westeurope failed: quota"), ..Options::default() });
     let (ws, _raw, _) = workspace(&azure, "");
-    let out = upload(&azure, &ws, &[]);
+    let out = support::upload_to(&azure, &ws, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("Replication to westeurope failed: quota"), "{stderr}");
@@ -387,7 +365,7 @@ fn with_a_fifth_of_put_pages_faulted_the_disk_is_still_exact() {
     let azure =
         Azure::start(Options { fault_rate: 0.2, faults: "500,503,429,reset,delay", delay: 0.5, ..Options::default() });
     let (ws, raw, _) = workspace(&azure, "");
-    let out = upload(&azure, &ws, &[]);
+    let out = support::upload_to(&azure, &ws, &[]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(azure.proxy.faults() > 0, "no fault was injected: {}", azure.proxy.stats());
@@ -428,7 +406,7 @@ fn sigint_at_seeded_points_leaves_no_disk_no_version_and_the_version_file_alone(
         } else {
             azure.calls(method, after).len() as u64
         };
-        let child = spawn_release(&azure, &ws);
+        let child = support::spawn_release(&azure, &ws);
         let started = Instant::now();
         loop {
             let seen = if after == "page" {

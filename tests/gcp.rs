@@ -6,7 +6,6 @@ mod support;
 
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use support::gcp::{self, Gcp, Options};
@@ -55,27 +54,8 @@ fn workspace(gcp: &Gcp, extra: &str) -> (support::Workspace, PathBuf) {
     let scratch = tempfile::tempdir().expect("tempdir");
     let raw = image(scratch.path());
     let ws = support::Workspace::with_image(&config(gcp, extra), &raw);
-    let kept = ws.path().join("disk.raw");
-    std::fs::rename(&raw, &kept).expect("move image");
-    ws.link_image("system.raw", &kept);
+    let kept = ws.adopt_image(&raw);
     (ws, kept)
-}
-
-fn upload(gcp: &Gcp, ws: &support::Workspace, args: &[&str]) -> std::process::Output {
-    let mut cmd = ws.uplosi();
-    gcp.env(&mut cmd);
-    cmd.args(["upload", "system.raw"]).args(args).timeout(Duration::from_secs(300)).output().expect("run")
-}
-
-/// `uplosi -i system.raw` in the background, as a release step runs it, to be interrupted.
-fn spawn_release(gcp: &Gcp, ws: &support::Workspace) -> std::process::Child {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
-    gcp.std_env(cmd.current_dir(ws.path()))
-        .env_remove("RUST_LOG")
-        .args(["-i", "system.raw"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("spawn")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -111,7 +91,7 @@ description = "podvm image"
 storageLocations = ["eu"]"#;
     let (ws, raw) = workspace(&gcp, extra);
     assert!(gcp.bucket(BUCKET).is_none());
-    let out = upload(&gcp, &ws, &["-v"]);
+    let out = support::upload_to(&gcp, &ws, &["-v"]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(text(&out.stdout), format!("projects/{}/global/images/{IMAGE}\n", gcp::PROJECT));
@@ -151,7 +131,7 @@ fn publish_grants_image_users_deprecate_older_marks_the_family_and_replace_is_ho
     let gcp =
         Gcp::start(Options { seed_images: vec![("podvm-1-2-2", "podvm"), ("other-1", "other")], ..Options::default() });
     let (ws, _raw) = workspace(&gcp, "publish = true\ndeprecateOlder = true");
-    let out = upload(&gcp, &ws, &[]);
+    let out = support::upload_to(&gcp, &ws, &[]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let images = gcp.images();
@@ -169,7 +149,7 @@ fn publish_grants_image_users_deprecate_older_marks_the_family_and_replace_is_ho
     // replace = false: exit 2 before any data moves.
     ws.write("uplosi.conf", &config(&gcp, "replace = false"));
     let chunks_before = gcp.proxy.stats()["matched"].as_u64();
-    let out = upload(&gcp, &ws, &[]);
+    let out = support::upload_to(&gcp, &ws, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains(&format!("image {IMAGE} already exists")) && stderr.contains("replace"), "{stderr}");
@@ -177,7 +157,7 @@ fn publish_grants_image_users_deprecate_older_marks_the_family_and_replace_is_ho
 
     // The default replaces it: the old image is deleted (and logged), a new one created.
     ws.write("uplosi.conf", &config(&gcp, ""));
-    let out = upload(&gcp, &ws, &[]);
+    let out = support::upload_to(&gcp, &ws, &[]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("deleting the existing image"), "{stderr}");
@@ -190,7 +170,7 @@ fn publish_grants_image_users_deprecate_older_marks_the_family_and_replace_is_ho
 fn a_chunk_that_fails_twice_is_resent_and_the_disk_is_exact() {
     let gcp = Gcp::start(Options { script: "503,503", ..Options::default() });
     let (ws, raw) = workspace(&gcp, "");
-    let out = upload(&gcp, &ws, &["-v"]);
+    let out = support::upload_to(&gcp, &ws, &["-v"]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert_eq!(gcp.proxy.faults(), 2);
@@ -203,7 +183,7 @@ fn a_chunk_that_fails_twice_is_resent_and_the_disk_is_exact() {
 fn with_a_fifth_of_chunks_faulted_the_disk_is_still_exact() {
     let gcp = Gcp::start(Options { fault_rate: 0.2, faults: "500,503,429,reset,delay", ..Options::default() });
     let (ws, raw) = workspace(&gcp, "");
-    let out = upload(&gcp, &ws, &[]);
+    let out = support::upload_to(&gcp, &ws, &[]);
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(gcp.proxy.faults() >= 2, "the seeded faults were injected: {}", gcp.proxy.stats());
@@ -217,7 +197,7 @@ fn a_chunk_that_keeps_failing_is_retried_then_nothing_is_left() {
     let gcp = Gcp::start(Options { fault_rate: 1.0, faults: "503", ..Options::default() });
     let (ws, _raw) = workspace(&gcp, "");
     let started = Instant::now();
-    let out = upload(&gcp, &ws, &[]);
+    let out = support::upload_to(&gcp, &ws, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(started.elapsed() < Duration::from_secs(120), "retries are bounded");
@@ -231,7 +211,7 @@ fn a_chunk_that_keeps_failing_is_retried_then_nothing_is_left() {
 fn ctrl_c_during_the_upload_leaves_no_object_and_the_version_file_alone() {
     let gcp = Gcp::start(Options { fault_rate: 1.0, faults: "delay", ..Options::default() });
     let (ws, _raw) = workspace(&gcp, "");
-    let child = spawn_release(&gcp, &ws);
+    let child = support::spawn_release(&gcp, &ws);
     support::wait_until("a chunk upload", Duration::from_secs(60), || {
         gcp.proxy.stats()["matched"].as_u64().unwrap_or(0) > 0
     });
@@ -253,7 +233,7 @@ fn a_failed_insert_operation_exits_1_with_the_message_and_deletes_object_and_ima
         ..Options::default()
     });
     let (ws, _raw) = workspace(&gcp, "");
-    let out = upload(&gcp, &ws, &[]);
+    let out = support::upload_to(&gcp, &ws, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("INVALID_IMAGE") && stderr.contains("no EFI partition"), "{stderr}");
@@ -326,7 +306,7 @@ fn sigint_at_seeded_points_leaves_no_object_no_image_and_the_version_file_alone(
             }
         };
         let before = count(&gcp);
-        let child = spawn_release(&gcp, &ws);
+        let child = support::spawn_release(&gcp, &ws);
         support::wait_until(&format!("round {round}: {event} #{nth}"), Duration::from_secs(120), || {
             count(&gcp) >= before + nth
         });

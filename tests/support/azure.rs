@@ -208,3 +208,13 @@ impl Azure {
         String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.is_empty()).map(str::to_string).collect()
     }
 }
+
+impl super::Fake for Azure {
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        Azure::vars(self)
+    }
+
+    fn unset(&self) -> &'static [&'static str] {
+        &UNSET
+    }
+}

@@ -242,3 +242,13 @@ impl Gcp {
         out.status.success().then(|| serde_json::from_slice(&out.stdout).expect("bucket JSON"))
     }
 }
+
+impl super::Fake for Gcp {
+    fn vars(&self) -> Vec<(&'static str, String)> {
+        Gcp::vars(self)
+    }
+
+    fn unset(&self) -> &'static [&'static str] {
+        &UNSET
+    }
+}

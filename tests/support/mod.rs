@@ -36,6 +36,15 @@ impl Workspace {
         ws
     }
 
+    /// Moves `raw` into the workspace (so it lives as long as the workspace) and links it as `system.raw`; returns
+    /// its new path.
+    pub fn adopt_image(&self, raw: &Path) -> PathBuf {
+        let kept = self.path().join("disk.raw");
+        std::fs::rename(raw, &kept).expect("move image");
+        self.link_image("system.raw", &kept);
+        kept
+    }
+
     /// Replaces the default `system.raw` with a link named `name` to `image`.
     pub fn link_image(&self, name: &str, image: &Path) {
         std::fs::remove_file(self.image()).expect("remove default image");
@@ -173,4 +182,32 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect()
+}
+
+/// A fake cloud the tests point uplosi at through its environment.
+pub trait Fake {
+    /// The variables that point uplosi at the fake.
+    fn vars(&self) -> Vec<(&'static str, String)>;
+    /// The variables that would point it elsewhere.
+    fn unset(&self) -> &'static [&'static str];
+}
+
+/// `uplosi upload system.raw ARGS` in `ws`, pointed at `fake`.
+pub fn upload_to(fake: &impl Fake, ws: &Workspace, args: &[&str]) -> std::process::Output {
+    let mut cmd = ws.uplosi();
+    point_at(&mut cmd, &fake.vars(), fake.unset());
+    cmd.args(["upload", "system.raw"]).args(args).timeout(std::time::Duration::from_secs(300)).output().expect("run")
+}
+
+/// `uplosi -i system.raw` in `ws` in the background, pointed at `fake`, as a release step runs it, to be
+/// interrupted.
+pub fn spawn_release(fake: &impl Fake, ws: &Workspace) -> std::process::Child {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+    point_at(&mut cmd, &fake.vars(), fake.unset())
+        .current_dir(ws.path())
+        .env_remove("RUST_LOG")
+        .args(["-i", "system.raw"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd.spawn().expect("spawn")
 }

@@ -262,6 +262,9 @@ fn select_retry(path: &std::path::Path, variants: &mut Vec<VariantConfig>) -> Re
 /// `uplosi measurements`; the summary goes to stderr as the Go tool prints it, unless `-q`.
 fn measurements(args: &MeasurementsArgs, quiet: bool) -> Result<(), AppError> {
     let result = measure::measure(&args.image, &args.uki_path)?;
+    for warning in &result.warnings {
+        tracing::warn!("{warning}");
+    }
     if !quiet {
         eprint!("{}", result.summary);
     }
@@ -291,7 +294,8 @@ fn write_configured_measurements(variants: &[VariantConfig], image: &SourceImage
     if files.is_empty() {
         return Ok(());
     }
-    let json = measure::measure_image(image, measure::DEFAULT_UKI_PATH)?.simulator.to_json();
+    let platform = measure::Platform::UNKNOWN;
+    let json = measure::measure_image(image, measure::DEFAULT_UKI_PATH, &platform)?.simulator.to_json();
     for path in files {
         write_measurements(path, &json)?;
         tracing::info!("Wrote precalculated measurements to {}", path.display());

@@ -1,5 +1,5 @@
-//! Finding the EFI system partition through the GPT and reading one file out of its FAT file system, straight
-//! from the image: no loop device, no mount, no root, no temporary file.
+//! Finding the EFI system partition through the GPT and reading files and directory listings out of its FAT file
+//! system, straight from the image: no loop device, no mount, no root, no temporary file.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
@@ -134,38 +134,86 @@ impl Write for PartitionReader {
     }
 }
 
-/// The outcome of looking a path up in the ESP.
-pub enum Lookup {
-    /// The file's bytes.
-    Found(Vec<u8>),
-    /// Not there; what `EFI/BOOT` holds, for the message.
-    Missing(Vec<String>),
+/// One file in an ESP directory, as the firmware's file protocol shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EspFile {
+    /// Its name: the long name, or the short name with FAT's lower-case flags applied.
+    pub name: String,
+    /// The FAT read-only attribute.
+    pub read_only: bool,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
-/// Reads the file at `path` (relative to the ESP root, `/`-separated, case-insensitive as FAT is) from the FAT
-/// file system in `esp`.
-pub fn read_file(esp: PartitionReader, path: &str) -> std::io::Result<Lookup> {
-    let fs = fatfs::FileSystem::new(esp, fatfs::FsOptions::new())?;
-    let root = fs.root_dir();
-    match root.open_file(path) {
-        Ok(mut file) => {
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes)?;
-            Ok(Lookup::Found(bytes))
+/// The ESP's FAT file system, opened once, read-only.
+pub struct Esp {
+    fs: fatfs::FileSystem<PartitionReader>,
+}
+
+fn missing(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidInput)
+}
+
+impl Esp {
+    /// Opens the FAT12/16/32 file system in `esp`.
+    pub fn open(esp: PartitionReader) -> std::io::Result<Self> {
+        Ok(Self { fs: fatfs::FileSystem::new(esp, fatfs::FsOptions::new())? })
+    }
+
+    /// The bytes of the file at `path` (relative to the ESP root, `/`-separated, case-insensitive as FAT is), or
+    /// `None` when there is no such file.
+    pub fn read(&self, path: &str) -> std::io::Result<Option<Vec<u8>>> {
+        match self.fs.root_dir().open_file(path) {
+            Ok(mut file) => {
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)?;
+                Ok(Some(bytes))
+            }
+            Err(e) if missing(&e) => Ok(None),
+            Err(e) => Err(e),
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.kind() == std::io::ErrorKind::InvalidInput => {
-            let listing = match root.open_dir("EFI/BOOT") {
-                Ok(dir) => dir
-                    .iter()
-                    .filter_map(Result::ok)
-                    .map(|entry| entry.file_name())
-                    .filter(|name| name != "." && name != "..")
-                    .collect(),
-                Err(_) => Vec::new(),
-            };
-            Ok(Lookup::Missing(listing))
+    }
+
+    /// The regular files directly in directory `dir` (`""` is the root), in directory order; `None` when there
+    /// is no such directory.
+    pub fn files(&self, dir: &str) -> std::io::Result<Option<Vec<EspFile>>> {
+        let root = self.fs.root_dir();
+        let dir = match dir {
+            "" => root,
+            path => match root.open_dir(path) {
+                Ok(dir) => dir,
+                Err(e) if missing(&e) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        let mut files = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            if entry.is_file() {
+                let read_only = entry.attributes().contains(fatfs::FileAttributes::READ_ONLY);
+                files.push(EspFile { name: entry.file_name(), read_only, size: entry.len() });
+            }
         }
-        Err(e) => Err(e),
+        Ok(Some(files))
+    }
+
+    /// The file at `path` (`dir/name`), if there is one.
+    pub fn file(&self, path: &str) -> std::io::Result<Option<EspFile>> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        Ok(self.files(dir)?.unwrap_or_default().into_iter().find(|f| f.name.eq_ignore_ascii_case(name)))
+    }
+
+    /// What `EFI/BOOT` holds, for the message when the UKI is not found.
+    pub fn efi_boot_listing(&self) -> Vec<String> {
+        match self.fs.root_dir().open_dir("EFI/BOOT") {
+            Ok(dir) => dir
+                .iter()
+                .filter_map(Result::ok)
+                .map(|entry| entry.file_name())
+                .filter(|name| name != "." && name != "..")
+                .collect(),
+            Err(_) => Vec::new(),
+        }
     }
 }
 

@@ -1,13 +1,18 @@
 //! `uplosi measurements`: the TPM PCR values a UKI-booting image produces, read straight from the image file.
 //!
-//! The ESP is found through the GPT ([`esp`]), the UKI is read from its FAT file system, its PE sections are
-//! parsed ([`pe`]), and the boot is replayed on a PCR bank ([`pcr`]): PCR 4 (firmware loading the UKI and the
-//! kernel), PCR 9 (the kernel command line and initrd through LOAD_FILE2) and PCR 11 (systemd-stub measuring the
-//! UKI's sections). The output is the Go uplosi's JSON document; no mount, no root, no temporary file.
+//! The ESP is found through the GPT ([`esp`]), the UKI and what systemd-stub picks up next to it are read from its
+//! FAT file system, the UKI's PE sections are parsed ([`pe`]), and the boot is replayed on a PCR bank
+//! ([`replay`], [`pcr`]) as the UKI's own systemd-stub release does it ([`stub`], [`cpio`]): PCR 4 (the firmware
+//! loading the UKI, its add-ons and, up to stub 257, the kernel), PCR 9 (the kernel command line and initrd
+//! through LOAD_FILE2), PCR 11 (the stub measuring the UKI's sections), PCR 12 and 13 (credentials, extensions
+//! and add-ons from the ESP). The output is the Go uplosi's JSON document; no mount, no root, no temporary file.
 
+pub mod cpio;
 pub mod esp;
 pub mod pcr;
 pub mod pe;
+pub mod replay;
+pub mod stub;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -17,6 +22,7 @@ use thiserror::Error;
 
 use crate::image::{ImageError, SourceImage};
 use pcr::{Simulator, hex};
+pub use replay::{Consoles, Platform, Replay, UkiError};
 
 /// Where mkosi images keep the UKI, as the ESP is mounted at `/boot`: the Go tool's default.
 pub const DEFAULT_UKI_PATH: &str = "/boot/EFI/BOOT/BOOTX64.EFI";
@@ -102,12 +108,16 @@ impl MeasureError {
     }
 }
 
-/// The result: the PCR bank with its event log, and the human summary the Go tool prints.
+/// The result: the PCR bank with its event log, the human summary the Go tool prints, and warnings.
 pub struct Measurements {
     /// The simulated PCRs and events.
     pub simulator: Simulator,
     /// The summary for stderr.
     pub summary: String,
+    /// What the user should know about the prediction (log them as warnings).
+    pub warnings: Vec<String>,
+    /// The replayed boot, for the boot check.
+    pub replay: Replay,
 }
 
 /// The paths inside the ESP to try for `uki_path`: as given relative to the ESP root, then without a leading
@@ -123,13 +133,13 @@ pub fn esp_candidates(uki_path: &str) -> Vec<String> {
     candidates
 }
 
-/// Measures the UKI at `uki_path` in the image at `image_path` (raw or qcow2).
+/// Measures the UKI at `uki_path` in the image at `image_path` (raw or qcow2) for a machine nothing is known about.
 pub fn measure(image_path: &Path, uki_path: &str) -> Result<Measurements, MeasureError> {
-    measure_image(&SourceImage::open(image_path)?, uki_path)
+    measure_image(&SourceImage::open(image_path)?, uki_path, &Platform::UNKNOWN)
 }
 
-/// Measures the UKI at `uki_path` in the already opened `image`.
-pub fn measure_image(image: &SourceImage, uki_path: &str) -> Result<Measurements, MeasureError> {
+/// Measures the UKI at `uki_path` in the already opened `image`, booted on `platform`.
+pub fn measure_image(image: &SourceImage, uki_path: &str, platform: &Platform) -> Result<Measurements, MeasureError> {
     let path = image.path.clone();
     let read_err = |source| MeasureError::Read { path: path.clone(), source };
     let partition = match esp::find_esp(&*image.data, image.size).map_err(read_err)? {
@@ -137,24 +147,21 @@ pub fn measure_image(image: &SourceImage, uki_path: &str) -> Result<Measurements
         Err(esp::EspLookup::NoGpt) => return Err(MeasureError::NoGpt { path }),
         Err(esp::EspLookup::NoEsp(found)) => return Err(MeasureError::NoEsp { path, found }),
     };
-    let mut uki = None;
-    let mut listing = Vec::new();
+    let fat_err = |source| MeasureError::BadFat { path: path.clone(), source };
+    let esp =
+        esp::Esp::open(esp::PartitionReader::new(std::sync::Arc::clone(&image.data), partition)).map_err(fat_err)?;
+    let mut found = None;
     for candidate in esp_candidates(uki_path) {
-        let reader = esp::PartitionReader::new(std::sync::Arc::clone(&image.data), partition);
-        match esp::read_file(reader, &candidate)
-            .map_err(|source| MeasureError::BadFat { path: path.clone(), source })?
-        {
-            esp::Lookup::Found(bytes) => {
-                uki = Some(bytes);
-                break;
-            }
-            esp::Lookup::Missing(list) => listing = list,
+        if let Some(bytes) = esp.read(&candidate).map_err(fat_err)? {
+            found = Some((candidate, bytes));
+            break;
         }
     }
-    let Some(uki) = uki else {
-        return Err(MeasureError::UkiNotFound { path, uki: uki_path.to_string(), listing });
+    let Some((location, uki)) = found else {
+        return Err(MeasureError::UkiNotFound { path, uki: uki_path.to_string(), listing: esp.efi_boot_listing() });
     };
-    measure_uki(&uki).map_err(|e| match e {
+    let sidecars = replay::read_sidecars(&esp, &location).map_err(fat_err)?;
+    measure_uki(&uki, &sidecars, platform).map_err(|e| match e {
         UkiError::NotPe(reason) => MeasureError::NotPe { path, uki: uki_path.into(), reason },
         UkiError::Missing { section, sections } => {
             MeasureError::MissingSection { path, uki: uki_path.into(), section, sections }
@@ -162,55 +169,35 @@ pub fn measure_image(image: &SourceImage, uki_path: &str) -> Result<Measurements
     })
 }
 
-/// Why UKI bytes cannot be measured.
-#[derive(Debug)]
-pub enum UkiError {
-    /// Not a PE image.
-    NotPe(String),
-    /// A required section is missing.
-    Missing {
-        /// Which.
-        section: &'static str,
-        /// The sections present.
-        sections: Vec<String>,
-    },
+/// Replays the boot of the UKI `uki` with what the stub finds on the ESP (`sidecars`) on `platform`.
+pub fn measure_uki(uki: &[u8], sidecars: &replay::Sidecars, platform: &Platform) -> Result<Measurements, UkiError> {
+    let replay = replay::replay(uki, sidecars, platform)?;
+    let mut simulator = replay.simulator.clone();
+    simulator.machine_dependent = replay.machine_dependent.clone();
+    let summary = summary(&replay, &simulator);
+    Ok(Measurements { simulator, summary, warnings: replay.warnings.clone(), replay })
 }
 
-/// Replays the boot of the UKI `uki` on a fresh PCR bank.
-pub fn measure_uki(uki: &[u8]) -> Result<Measurements, UkiError> {
-    let file = pe::PeFile::parse(uki).map_err(|e| UkiError::NotPe(e.0))?;
-    let section = |name: &'static str| {
-        file.section_data(name).ok_or_else(|| UkiError::Missing { section: name, sections: file.section_names() })
-    };
-    let (linux, cmdline, initrd) = (section(".linux")?, section(".cmdline")?, section(".initrd")?);
-    let kernel = pe::PeFile::parse(&linux).map_err(|e| UkiError::NotPe(format!("its .linux section: {}", e.0)))?;
-    let stages = [("Unified Kernel Image (UKI)", file.authenticode_sha256()), ("Linux", kernel.authenticode_sha256())];
-    let initrd_digest: [u8; 32] = Sha256::digest(&initrd).into();
-    let stub = file.section_data(".sdmagic").and_then(|magic| pcr::stub_version(&magic));
-    let measured = pcr::measured_sections(stub);
-    tracing::debug!("systemd-stub version {stub:?}: PCR 11 counts {}", measured.join(" "));
-    let sections = pcr::order_sections(file.sections(), measured);
-
-    let mut sim = Simulator::default();
-    sim.boot_stages(&stages);
-    sim.linux_load2(&cmdline, initrd_digest);
-    sim.uki_sections(&sections, measured);
-
+/// The summary the Go tool prints (boot stages, LOAD_FILE2, UKI sections, PCRs), plus what only uplosi knows: the
+/// initrd's parts, the other PCRs the stub extended, and the stub release modelled.
+fn summary(replay: &Replay, sim: &Simulator) -> String {
     let mut out = String::from("EFI Boot Stages:\n");
-    let width = stages.iter().map(|s| s.0.len()).max().unwrap_or(0);
-    for (i, (name, digest)) in stages.iter().enumerate() {
+    let width = replay.stages.iter().map(|s| s.0.len()).max().unwrap_or(0);
+    for (i, (name, digest)) in replay.stages.iter().enumerate() {
         let _ = writeln!(out, "  Stage {} - {name:<width$}:\t{}", i + 1, hex(digest));
     }
-    let _ = writeln!(
-        out,
-        "Linux LOAD_FILE2 protocol:\n  cmdline: {}\n  initrd (digest {})",
-        pcr::go_quote(&cmdline),
-        hex(&initrd_digest)
-    );
+    let _ = writeln!(out, "Linux LOAD_FILE2 protocol:\n  cmdline: {}", pcr::go_quote(replay.cmdline.as_bytes()));
+    if let Some(digest) = replay.initrd_digest {
+        let _ = writeln!(out, "  initrd (digest {})", hex(&digest));
+    }
+    if replay.initrd.len() > 1 {
+        let parts: Vec<String> = replay.initrd.iter().map(|p| format!("{} ({} bytes)", p.name, p.len)).collect();
+        let _ = writeln!(out, "  initrd parts: {}", parts.join(", "));
+    }
     out.push_str("UKI sections:\n");
-    let width = sections.iter().map(|s| s.name.len()).max().unwrap_or(0);
-    for (i, s) in sections.iter().enumerate() {
-        if pcr::is_measured(s, measured) {
+    let width = replay.sections.iter().map(|s| s.name.len()).max().unwrap_or(0);
+    for (i, s) in replay.sections.iter().enumerate() {
+        if pcr::is_measured(s, replay.measured) {
             let mut name = s.name.as_bytes().to_vec();
             name.push(0);
             let _ = writeln!(
@@ -226,10 +213,25 @@ pub fn measure_uki(uki: &[u8]) -> Result<Measurements, UkiError> {
             let _ = writeln!(out, "  Section {:2} - {:<width$}:\tnot measured", i + 1, s.name);
         }
     }
-    for index in [4, 9, 11, 12, 13, 15] {
-        let _ = writeln!(out, "PCR[{index:2}]: {}", hex(&sim.bank[&index]));
+    let extra: Vec<&pcr::Event> = sim.events.iter().filter(|e| e.pcr == 12 || e.pcr == 13).collect();
+    if !extra.is_empty() {
+        out.push_str("systemd-stub measurements from the ESP:\n");
+        for e in extra {
+            let _ = writeln!(out, "  PCR[{}] {}", e.pcr, e.description);
+        }
     }
-    Ok(Measurements { simulator: sim, summary: out })
+    for index in [4, 9, 11, 12, 13, 15] {
+        let note =
+            if sim.machine_dependent.contains(&index) { " (depends on the machine, see the warnings)" } else { "" };
+        let _ = writeln!(out, "PCR[{index:2}]: {}{note}", hex(&sim.bank[&index]));
+    }
+    let _ = writeln!(
+        out,
+        "systemd-stub: {} (measured as release {})",
+        replay.stub_version.as_deref().unwrap_or("unknown"),
+        replay.model.release
+    );
+    out
 }
 
 #[cfg(test)]
@@ -247,7 +249,7 @@ mod tests {
     #[test]
     fn a_pe_without_uki_sections_is_refused_by_name() {
         let pe = pe::tests::tiny_pe(b"code", &[]);
-        match measure_uki(&pe) {
+        match measure_uki(&pe, &replay::Sidecars::default(), &Platform::UNKNOWN) {
             Err(UkiError::Missing { section, sections }) => {
                 assert_eq!(section, ".linux");
                 assert_eq!(sections, [".text"]);
@@ -255,6 +257,9 @@ mod tests {
             Err(e) => panic!("{e:?}"),
             Ok(_) => panic!("a plain PE is not a UKI"),
         }
-        assert!(matches!(measure_uki(b"not a PE at all"), Err(UkiError::NotPe(_))));
+        assert!(matches!(
+            measure_uki(b"not a PE at all", &replay::Sidecars::default(), &Platform::UNKNOWN),
+            Err(UkiError::NotPe(_))
+        ));
     }
 }

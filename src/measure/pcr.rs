@@ -2,7 +2,7 @@
 //! extend PCRs 4, 9 and 11 when a UKI boots (TCG PC Client Platform Firmware Profile, systemd-stub, the Linux EFI
 //! stub's LOAD_FILE2 initrd protocol).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -16,31 +16,6 @@ pub const REPORTED: [u32; 7] = [4, 8, 9, 11, 12, 13, 15];
 const EV_EFI_ACTION: &[u8] = b"Calling EFI Application from Boot Option";
 /// The EV_SEPARATOR event data: four zero bytes.
 const EV_SEPARATOR: [u8; 4] = [0; 4];
-
-/// The sections systemd-stub measures into PCR 11, in its order (`unified_sections[]` in systemd's `uki.h`), by
-/// the stub's version: 252 knows neither `.uname` nor `.sbat` (though its own binary carries a `.sbat` section),
-/// 253 adds both, 256 adds `.ucode`. `.pcrsig` is never measured: it holds signatures over PCR 11 itself. The Go
-/// tool always uses the 253 list and spells `.pcrpkey` as `.pcrkey`, so it never measures that section.
-pub fn measured_sections(stub_version: Option<u32>) -> &'static [&'static str] {
-    const V252: &[&str] = &[".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".pcrpkey"];
-    const V253: &[&str] =
-        &[".linux", ".osrel", ".cmdline", ".initrd", ".splash", ".dtb", ".uname", ".sbat", ".pcrpkey"];
-    const V256: &[&str] =
-        &[".linux", ".osrel", ".cmdline", ".initrd", ".ucode", ".splash", ".dtb", ".uname", ".sbat", ".pcrpkey"];
-    match stub_version {
-        Some(v) if v < 253 => V252,
-        Some(v) if v < 256 => V253,
-        _ => V256,
-    }
-}
-
-/// The systemd-stub version from the UKI's `.sdmagic` section (`#### LoaderInfo: systemd-stub 252.39 ####`).
-pub fn stub_version(sdmagic: &[u8]) -> Option<u32> {
-    let text = String::from_utf8_lossy(sdmagic);
-    let rest = &text[text.find("systemd-stub ")? + "systemd-stub ".len()..];
-    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
-}
 
 /// One extend operation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,11 +37,17 @@ pub struct Simulator {
     pub bank: BTreeMap<u32, [u8; 32]>,
     /// Every extend, in order.
     pub events: Vec<Event>,
+    /// PCRs whose value depends on the machine that boots the image (written with `"warnOnly": true`).
+    pub machine_dependent: BTreeSet<u32>,
 }
 
 impl Default for Simulator {
     fn default() -> Self {
-        Self { bank: REPORTED.iter().map(|&i| (i, [0u8; 32])).collect(), events: Vec::new() }
+        Self {
+            bank: REPORTED.iter().map(|&i| (i, [0u8; 32])).collect(),
+            events: Vec::new(),
+            machine_dependent: BTreeSet::new(),
+        }
     }
 }
 
@@ -100,30 +81,28 @@ impl Simulator {
         }
     }
 
-    /// PCR 9: the kernel command line as UTF-16LE with its NUL, then the initrd's digest (LOAD_FILE2).
-    pub fn linux_load2(&mut self, cmdline: &[u8], initrd_digest: [u8; 32]) {
-        // Some UKI builders do not NUL-terminate the command line; the stub passes it terminated.
-        let mut cmdline = cmdline.to_vec();
-        if cmdline.last() != Some(&0) {
-            cmdline.push(0);
-        }
-        let utf16: Vec<u8> = String::from_utf8_lossy(&cmdline).encode_utf16().flat_map(u16::to_le_bytes).collect();
-        let description = format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: cmdline {}", go_quote(&cmdline));
-        self.extend(9, sha256(&utf16), Some(utf16), description);
-        self.extend(
-            9,
-            initrd_digest,
-            None,
-            format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: initrd (digest {})", hex(&initrd_digest)),
-        );
+    /// Extends `pcr` with the SHA-256 of `data`, keeping the data in the log.
+    pub fn extend_data(&mut self, pcr: u32, data: Vec<u8>, description: String) {
+        self.extend(pcr, sha256(&data), Some(data), description);
     }
 
-    /// PCR 11: for each measured section in the stub's order, its NUL-terminated name, then its content.
-    pub fn uki_sections(&mut self, ordered: &[Section], measured: &[&str]) {
-        for (i, section) in ordered.iter().enumerate() {
-            if !is_measured(section, measured) {
-                continue;
-            }
+    /// PCR 9: the command line the kernel got, as UTF-16LE with its NUL, then the digest of the initrd it loaded
+    /// (LOAD_FILE2), if there is one.
+    pub fn linux_load2(&mut self, cmdline: &str, initrd_digest: Option<[u8; 32]>) {
+        let mut bytes = cmdline.as_bytes().to_vec();
+        bytes.push(0);
+        let utf16: Vec<u8> = cmdline.encode_utf16().chain(std::iter::once(0)).flat_map(u16::to_le_bytes).collect();
+        let description = format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: cmdline {}", go_quote(&bytes));
+        self.extend_data(9, utf16, description);
+        if let Some(digest) = initrd_digest {
+            let description = format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: initrd (digest {})", hex(&digest));
+            self.extend(9, digest, None, description);
+        }
+    }
+
+    /// PCR 11: for each section the stub measures, in its order, the NUL-terminated name, then the content.
+    pub fn uki_sections_measured(&mut self, measured: &[Section]) {
+        for (i, section) in measured.iter().enumerate() {
             let name = nul_terminated(&section.name);
             self.extend(11, sha256(&name), Some(name), format!("EV_IPL: UKI section {} name: {}", i + 1, section.name));
             self.extend(
@@ -143,8 +122,18 @@ impl Simulator {
         let string = |s: &str| serde_json::Value::from(s).to_string();
         let mut bank: Vec<(String, &[u8; 32])> = self.bank.iter().map(|(i, v)| (i.to_string(), v)).collect();
         bank.sort_by(|a, b| a.0.cmp(&b.0));
-        let measurements: Vec<String> =
-            bank.iter().map(|(k, v)| format!("{}:{{\"expected\":{}}}", string(k), string(&hex(*v)))).collect();
+        let measurements: Vec<String> = bank
+            .iter()
+            .map(|(k, v)| {
+                // Constellation's measurement format marks values an attestation should only warn about.
+                let warn = if k.parse().is_ok_and(|i: u32| self.machine_dependent.contains(&i)) {
+                    ",\"warnOnly\":true"
+                } else {
+                    ""
+                };
+                format!("{}:{{\"expected\":{}{warn}}}", string(k), string(&hex(*v)))
+            })
+            .collect();
         let events: Vec<String> = self
             .events
             .iter()
@@ -250,12 +239,12 @@ mod tests {
     #[test]
     fn pcr9_matches_the_go_test_vector() {
         let mut sim = Simulator::default();
-        sim.linux_load2(b"console=tty0\0", [0u8; 32]);
+        sim.linux_load2("console=tty0", Some([0u8; 32]));
         assert_eq!(hex(&sim.bank[&9]), "eb4f7bca865807d3163b95174d6e66cfc74acf8b930a553e95ec94662cb6facd");
         assert_eq!(sim.events[0].description, "EV_EVENT_TAG: Linux LOAD_FILE2 protocol: cmdline \"console=tty0\\x00\"");
-        let mut unterminated = Simulator::default();
-        unterminated.linux_load2(b"console=tty0", [0u8; 32]);
-        assert_eq!(unterminated.bank[&9], sim.bank[&9], "a missing NUL is added");
+        let mut no_initrd = Simulator::default();
+        no_initrd.linux_load2("console=tty0", None);
+        assert_eq!(no_initrd.events.len(), 1, "no initrd, no initrd event");
     }
 
     #[test]
@@ -265,11 +254,11 @@ mod tests {
             Section { name: ".linux".into(), size: 100, digest: [0; 32] },
             Section { name: ".initrd".into(), size: 5, digest: [1; 32] },
         ];
-        let measured = measured_sections(None);
+        let measured = super::super::stub::StubModel::for_release(None).pcr11_sections();
         let ordered = order_sections(sections, measured);
         assert_eq!(ordered.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), [".linux", ".initrd", ".text"]);
         let mut sim = Simulator::default();
-        sim.uki_sections(&ordered, measured);
+        sim.uki_sections_measured(&ordered[..2]);
         assert_eq!(hex(&sim.bank[&11]), "9dfe399fcd4432639f0e20f49df823aa66b095f0664f0a4b9fbdc11ea64683e2");
     }
 
@@ -291,13 +280,15 @@ mod tests {
     }
 
     #[test]
-    fn the_stub_version_decides_which_sections_count() {
-        assert_eq!(stub_version(b"#### LoaderInfo: systemd-stub 252.39-1~deb12u2 ####\0"), Some(252));
-        assert_eq!(stub_version(b"garbage"), None);
-        assert!(!measured_sections(Some(252)).contains(&".sbat"));
-        assert!(measured_sections(Some(254)).contains(&".sbat") && !measured_sections(Some(254)).contains(&".ucode"));
-        assert!(measured_sections(Some(257)).contains(&".ucode"));
-        assert_eq!(measured_sections(None), measured_sections(Some(257)));
+    fn machine_dependent_pcrs_are_marked_warn_only() {
+        let mut sim = Simulator::default();
+        sim.machine_dependent.insert(9);
+        let json = sim.to_json();
+        assert!(json.contains("\"9\":{\"expected\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"warnOnly\":true}"), "{json}");
+        assert!(
+            json.contains("\"4\":{\"expected\":\"0000000000000000000000000000000000000000000000000000000000000000\"}"),
+            "{json}"
+        );
     }
 
     #[test]

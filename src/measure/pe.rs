@@ -90,6 +90,26 @@ impl<'a> PeFile<'a> {
         }
     }
 
+    /// The number of sections in the table.
+    pub fn section_count(&self) -> usize {
+        self.pe.sections.len()
+    }
+
+    /// The raw 8-byte name field of section `index` (systemd-stub before 256 compares names by prefix on it).
+    pub fn raw_name(&self, index: usize) -> [u8; 8] {
+        self.pe.sections.get(index).map(|s| s.name).unwrap_or_default()
+    }
+
+    /// The name of section `index`.
+    pub fn name_at(&self, index: usize) -> String {
+        self.pe.sections.get(index).map(section_name).unwrap_or_default()
+    }
+
+    /// The bytes of section `index` as loaded (VirtualSize bytes, zero-filled).
+    pub fn loaded_at(&self, index: usize) -> Cow<'a, [u8]> {
+        self.pe.sections.get(index).map_or(Cow::Borrowed(&[][..]), |s| self.loaded(s))
+    }
+
     /// Every section with its digest, in file order.
     pub fn sections(&self) -> Vec<Section> {
         self.pe

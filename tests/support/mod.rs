@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod azure;
+pub mod boot;
 pub mod faults;
 pub mod fixtures;
 pub mod gcp;

@@ -85,39 +85,58 @@ pub fn build(dir: &Path, name: &str, parts: &Parts<'_>) -> (PathBuf, Vec<(&'stat
         Some(b) if !b.is_empty() => b.to_vec(),
         _ => (0..300_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect(),
     };
-    let mut sections: Vec<(&'static str, PathBuf, u64)> = vec![
-        (".osrel", file("osrel", b"ID=debian\nVERSION_ID=12\nPRETTY_NAME=\"uplosi test\"\n"), 0x20000),
+    let mut sections: Vec<(&'static str, PathBuf)> = vec![
+        (".osrel", file("osrel", b"ID=debian\nVERSION_ID=12\nPRETTY_NAME=\"uplosi test\"\n")),
         (
             ".pcrpkey",
             file(
                 "pcrpkey",
                 b"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n",
             ),
-            0x40000,
         ),
-        (".linux", kernel().to_path_buf(), 0x2000000),
+        (".linux", kernel().to_path_buf()),
     ];
     if let Some(cmdline) = parts.cmdline {
-        sections.push((".cmdline", file("cmdline", cmdline), 0x30000));
+        sections.push((".cmdline", file("cmdline", cmdline)));
     }
     if parts.initrd.is_some() {
-        sections.push((".initrd", file("initrd", &initrd), 0x3000000));
+        sections.push((".initrd", file("initrd", &initrd)));
     }
     let out = dir.join(format!("{name}.efi"));
-    let mut objcopy = Command::new("objcopy");
-    for (section, path, vma) in &sections {
-        objcopy
-            .arg("--add-section")
-            .arg(format!("{section}={}", path.display()))
-            .arg("--change-section-vma")
-            .arg(format!("{section}={vma:#x}"));
-    }
-    run(objcopy.arg(STUB).arg(&out));
+    let with_paths: Vec<(&str, &Path)> = sections.iter().map(|(n, p)| (*n, p.as_path())).collect();
+    add_sections(Path::new(STUB), &out, &with_paths);
     if parts.align8 {
         let len = std::fs::metadata(&out).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(&out).unwrap().set_len(len.div_ceil(8) * 8).unwrap();
     }
-    (out, sections.into_iter().map(|(s, p, _)| (s, p)).collect())
+    (out, sections)
+}
+
+/// Writes `stub` with `sections` (name, file) added to `out`, as ukify lays them out: each at the next 4 KiB
+/// boundary after the stub's last section (the newer stubs link at a high image base, so fixed addresses would
+/// overlap them).
+pub fn add_sections(stub: &Path, out: &Path, sections: &[(&str, &Path)]) {
+    let headers = String::from_utf8(run(Command::new("objdump").arg("-h").arg(stub)).stdout).unwrap();
+    let mut end = 0u64;
+    for line in headers.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 4 && fields[0].parse::<u32>().is_ok() {
+            let size = u64::from_str_radix(fields[2], 16).unwrap();
+            let vma = u64::from_str_radix(fields[3], 16).unwrap();
+            end = end.max(vma + size);
+        }
+    }
+    let mut vma = end.div_ceil(0x1000) * 0x1000;
+    let mut objcopy = Command::new("objcopy");
+    for (name, path) in sections {
+        objcopy
+            .arg("--add-section")
+            .arg(format!("{name}={}", path.display()))
+            .arg("--change-section-vma")
+            .arg(format!("{name}={vma:#x}"));
+        vma += std::fs::metadata(path).unwrap().len().div_ceil(0x1000) * 0x1000;
+    }
+    run(objcopy.arg(stub).arg(out));
 }
 
 /// A GPT disk at `out`: an EFI system partition of `esp_mib` MiB formatted FAT`fat` holding `files` (path inside

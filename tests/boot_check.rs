@@ -1,0 +1,255 @@
+//! `uplosi boot-check` and `uplosi measurements` against real boots: UKIs on the systemd-stubs of Debian bookworm
+//! (252), bookworm-backports (254), trixie (257) and sid (the newest), booted under QEMU with Debian's OVMF and
+//! swtpm (TCG where KVM fails). The guest's own reading of `/sys/class/tpm/tpm0/pcr-sha256/N` is the evidence
+//! `uplosi measurements` is held against; `boot-check` must agree event by event.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use support::boot::{self, DONE, Spec};
+
+fn uplosi(tmp: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+    // The VM's temporary files go here, so a test can see that none is left.
+    cmd.env_remove("RUST_LOG").env("TMPDIR", tmp);
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `uplosi measurements IMAGE` as JSON.
+fn measurements(image: &Path) -> serde_json::Value {
+    let out = uplosi(&std::env::temp_dir()).arg("measurements").arg(image).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// `uplosi boot-check IMAGE --expect DONE --serial-log … --output json ARGS`: the output, the report, the console.
+fn boot_check(dir: &Path, image: &Path, args: &[&str]) -> (Output, serde_json::Value, String) {
+    let serial = dir.join("console.log");
+    let tmp = dir.join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let out = uplosi(&tmp)
+        .arg("boot-check")
+        .arg(image)
+        .args(["--expect", DONE, "--output", "json", "--cpus", "1", "--serial-log"])
+        .arg(&serial)
+        .args(args)
+        .output()
+        .expect("run");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    let console = std::fs::read_to_string(&serial).unwrap_or_default();
+    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0, "the VM's files are removed");
+    (out, report, console)
+}
+
+fn sha256_file(path: &Path) -> String {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).expect("read image");
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Boots the UKI of `spec` and holds `measurements`, the guest's PCRs and the boot check together.
+fn boots_with_the_predicted_pcrs(spec: Spec<'_>) -> (serde_json::Value, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, version) = boot::image(dir.path(), "uki", &spec);
+    let before = sha256_file(&image);
+    let predicted = measurements(&image);
+    let (out, report, console) = boot_check(dir.path(), &image, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "systemd-stub {version}:\n{stderr}\n{console}");
+    assert_eq!(sha256_file(&image), before, "boot-check does not change a byte of the image");
+
+    let guest = boot::guest_pcrs(&console);
+    for pcr in [4u32, 9, 11, 12, 13] {
+        let expected = predicted["measurements"][pcr.to_string()]["expected"].as_str().unwrap_or_default();
+        assert_eq!(
+            guest.get(&pcr).map(String::as_str),
+            Some(expected),
+            "systemd-stub {version}: PCR {pcr} as the guest reads it\n{console}"
+        );
+        assert_eq!(report["measurements"][pcr.to_string()]["match"], true, "{report}");
+        assert_eq!(report["measurements"][pcr.to_string()]["actual"], expected, "{report}");
+    }
+    assert_eq!(report["booted"], true);
+    assert_eq!(report["mismatches"], serde_json::json!([]));
+    assert!(report["seconds"].as_f64().is_some_and(|s| s > 0.0), "{report}");
+    assert!(["kvm", "tcg"].contains(&report["accel"].as_str().unwrap_or_default()), "{report}");
+    assert!(stderr.contains("passed"), "{stderr}");
+    (predicted, console, version)
+}
+
+fn pcr4_events(predicted: &serde_json::Value) -> usize {
+    predicted["EventLog"]["Events"].as_array().map_or(0, |e| e.iter().filter(|e| e["PCRIndex"] == 4).count())
+}
+
+#[test]
+fn stub_252_boots_with_the_predicted_pcrs() {
+    let (predicted, console, _) = boots_with_the_predicted_pcrs(Spec::report(Some(252)));
+    assert_eq!(pcr4_events(&predicted), 4, "252 starts the kernel through LoadImage()");
+    // Even 252 passes .pcrpkey to the initrd as a cpio, which the kernel measures with the initrd.
+    assert!(console.contains("UPLOSI-EXTRA /.extra/tpm2-pcr-public-key.pem"), "{console}");
+}
+
+#[test]
+fn stub_254_boots_with_the_predicted_pcrs() {
+    let (predicted, _, _) = boots_with_the_predicted_pcrs(Spec::report(Some(254)));
+    let names: Vec<&str> = predicted["EventLog"]["Events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["Description"].as_str()?.split(" name: ").nth(1))
+        .collect();
+    assert!(names.contains(&".sbat"), "254 measures the stub's own .sbat: {names:?}");
+}
+
+#[test]
+fn stub_257_boots_with_the_predicted_pcrs() {
+    let (predicted, console, _) = boots_with_the_predicted_pcrs(Spec::report(Some(257)));
+    assert_eq!(pcr4_events(&predicted), 4);
+    assert!(console.contains("UPLOSI-EXTRA /.extra/os-release"), "257 passes .osrel on: {console}");
+}
+
+#[test]
+fn the_newest_stub_boots_with_the_predicted_pcrs() {
+    let (predicted, _, version) = boots_with_the_predicted_pcrs(Spec::report(None));
+    assert!(boot::major(&version) >= 262, "sid has {version}");
+    assert_eq!(pcr4_events(&predicted), 3, "{version} starts the kernel without LoadImage()");
+}
+
+#[test]
+fn a_credential_on_the_esp_and_a_ucode_section_still_match() {
+    let spec = Spec {
+        extra: vec![(".ucode", boot::ucode())],
+        esp: vec![("EFI/BOOT/BOOTX64.EFI.extra.d/uplosi-test.cred", b"a credential".to_vec())],
+        ..Spec::report(None)
+    };
+    let (predicted, console, _) = boots_with_the_predicted_pcrs(spec);
+    assert!(console.contains("UPLOSI-EXTRA /.extra/credentials/uplosi-test.cred"), "{console}");
+    let pcr12 = predicted["measurements"]["12"]["expected"].as_str().unwrap_or_default();
+    assert_ne!(pcr12, "0".repeat(64), "the credential is measured into PCR 12");
+}
+
+#[test]
+fn a_panicking_init_fails_with_exit_1_naming_the_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, _) = boot::image(dir.path(), "panic", &Spec { init: boot::PANIC_INIT, ..Spec::report(Some(252)) });
+    let started = Instant::now();
+    let (out, report, _) = boot_check(dir.path(), &image, &["--timeout", "3m"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(150), "a panic ends the check at once");
+    assert!(stderr.contains("the kernel panicked") && stderr.contains("Attempted to kill init"), "{stderr}");
+    assert!(stderr.contains("console lines:") && stderr.contains("UPLOSI-TEST: about to exit"), "{stderr}");
+    assert_eq!(report["booted"], false);
+    assert!(report["error"].as_str().unwrap_or_default().contains("panicked"), "{report}");
+}
+
+#[test]
+fn an_init_that_never_finishes_fails_within_the_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, _) = boot::image(dir.path(), "hang", &Spec { init: boot::HANG_INIT, ..Spec::report(Some(252)) });
+    let started = Instant::now();
+    let (out, report, console) = boot_check(dir.path(), &image, &["--timeout", "40s"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(started.elapsed() < Duration::from_secs(60), "{:?}", started.elapsed());
+    assert!(stderr.contains("timed out after 40 s waiting for /UPLOSI-TEST: done/"), "{stderr}");
+    assert!(console.contains("waiting forever"), "the console log is kept: {console}");
+    assert_eq!(report["booted"], false);
+}
+
+#[test]
+fn ctrl_c_stops_the_vm_and_leaves_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, _) = boot::image(dir.path(), "hang", &Spec { init: boot::HANG_INIT, ..Spec::report(Some(252)) });
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir_all(&tmp).expect("tmp");
+    let mut child = uplosi(&tmp)
+        .arg("boot-check")
+        .arg(&image)
+        .args(["--cpus", "1", "--timeout", "3m"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Once the VM's files exist, the VM runs.
+    support::wait_until("the VM to start", Duration::from_secs(60), || {
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) > 0 && !processes_using(&tmp).is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    support::interrupt(&child);
+    let status = child.wait().expect("wait");
+    assert_eq!(status.code(), Some(130));
+    assert!(processes_using(&tmp).is_empty(), "QEMU and swtpm are gone: {:?}", processes_using(&tmp));
+    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0, "the VM's files are removed");
+}
+
+/// The processes whose command line names `dir` (QEMU and swtpm get their files there).
+fn processes_using(dir: &Path) -> Vec<String> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().filter_map(Result::ok) {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(&needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn no_esp_is_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blank = dir.path().join("blank.raw");
+    std::fs::File::create(&blank).and_then(|f| f.set_len(8 << 20)).expect("blank");
+    let out = uplosi(dir.path()).arg("boot-check").arg(&blank).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no GPT partition table"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn no_swtpm_on_path_is_exit_2_naming_the_packages() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, _) = boot::image(dir.path(), "uki", &Spec::report(Some(252)));
+    // A PATH with QEMU but without swtpm.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let qemu = which("qemu-system-x86_64");
+    std::os::unix::fs::symlink(&qemu, bin.join("qemu-system-x86_64")).expect("link");
+    let out = uplosi(dir.path()).arg("boot-check").arg(&image).env("PATH", &bin).output().expect("run");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`swtpm` not found") && stderr.contains("swtpm-tools") && stderr.contains("qemu-system-x86"),
+        "{stderr}"
+    );
+}
+
+fn which(program: &str) -> PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} not on PATH"))
+}
+
+#[test]
+fn bad_options_are_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, _) = boot::image(dir.path(), "uki", &Spec::report(Some(252)));
+    for (args, message) in [
+        (&["--timeout", "soon"][..], "--timeout \"soon\" is not a positive Go duration"),
+        (&["--expect", "("][..], "is not a regular expression"),
+        (&["--firmware", "/nonexistent/CODE.fd"][..], "/nonexistent/CODE.fd not found"),
+    ] {
+        let out = uplosi(dir.path()).arg("boot-check").arg(&image).args(args).output().expect("run");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));
+        assert!(text(&out.stderr).contains(message), "{args:?}: {}", text(&out.stderr));
+    }
+}

@@ -140,8 +140,11 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         None => None,
     };
 
+    let boot_check = boot_check_settings(args, &variants)?;
+
     if args.dry_run {
-        let plan = plan::plan(&variants, &args.image);
+        let timeout = boot_check.as_ref().map(|(_, text)| text.as_str());
+        let plan = plan::plan(&variants, &args.image, timeout);
         let text = match args.output {
             OutputFormat::Json => serde_json::to_string_pretty(&plan).map_err(|e| AppError::Stdout(e.into()))? + "\n",
             OutputFormat::Text => plan::render_text(&plan),
@@ -156,7 +159,7 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         return Ok(());
     }
 
-    write_configured_measurements(&variants, &image)?;
+    let published = configured_measurements(&variants, &image, boot_check.is_some())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
     let cancel = Cancel::on_signals();
     let options = RunOptions {
@@ -164,7 +167,24 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         fail_fast: args.fail_fast,
         upload: UploadOptions { concurrency: args.concurrency as usize, cancel: cancel.clone() },
     };
-    let outcomes = runtime.block_on(release::run(&variants, &image, &options))?;
+    let checked = runtime.block_on(release::check(&variants, &options))?;
+    // The boot check runs here, after the checks and before the first byte moves, on this (long-lived) thread: its
+    // QEMU and swtpm die with the thread that started them.
+    let mut boot_failure = None;
+    let mut boot_report = None;
+    let outcomes = match &boot_check {
+        Some((boot_options, _)) => {
+            let report = boot::boot_check(&image, boot_options, &cancel)?;
+            eprint!("{}", report.summary());
+            boot_failure = report.failure();
+            boot_report = Some(report);
+            match &boot_failure {
+                Some(reason) => checked.skip_all(&format!("not started: the boot check failed: {reason}")),
+                None => runtime.block_on(release::upload(&variants, &image, &options, checked)),
+            }
+        }
+        None => runtime.block_on(release::upload(&variants, &image, &options, checked)),
+    };
 
     let mut reports: Vec<VariantReport> = variants
         .iter()
@@ -191,6 +211,8 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         reports = merged;
     }
     let mut manifest = Manifest::new(version, reports);
+    manifest.measurements = published;
+    manifest.boot_check = boot_report.as_ref().map(boot_summary);
 
     let mut bump_error = None;
     if args.increment_version && manifest.all_ok() && !cancel.is_signalled() {
@@ -221,6 +243,9 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
 
     if cancel.is_signalled() {
         return Err(AppError::Interrupted);
+    }
+    if let Some(reason) = boot_failure {
+        return Err(AppError::BootCheckFailed(reason));
     }
     let mut failures: Vec<(String, ProviderError)> =
         variants.iter().zip(outcomes).filter_map(|(cfg, o)| Some((cfg.label(), o.error?))).collect();
@@ -334,20 +359,67 @@ fn write_measurements(path: &std::path::Path, json: &str) -> Result<(), AppError
         .map_err(|source| AppError::WriteMeasurements { path: path.to_path_buf(), source })
 }
 
-/// Writes each `measurementsFile` the variants name, before anything is uploaded (`[base] measurementsFile`).
-fn write_configured_measurements(variants: &[VariantConfig], image: &SourceImage) -> Result<(), AppError> {
+/// Writes each `measurementsFile` the variants name, before anything is uploaded (`[base] measurementsFile`), and
+/// returns the predicted PCR values for the manifest when there is a file to write or a boot check to run.
+fn configured_measurements(
+    variants: &[VariantConfig],
+    image: &SourceImage,
+    boot_check: bool,
+) -> Result<Option<BTreeMap<String, String>>, AppError> {
     let files: std::collections::BTreeSet<&PathBuf> =
         variants.iter().filter_map(|v| v.measurements_file.as_ref()).collect();
-    if files.is_empty() {
-        return Ok(());
+    if files.is_empty() && !boot_check {
+        return Ok(None);
     }
-    let platform = measure::Platform::UNKNOWN;
-    let json = measure::measure_image(image, measure::DEFAULT_UKI_PATH, &platform)?.simulator.to_json();
+    let measured = measure::measure_image(image, measure::DEFAULT_UKI_PATH, &measure::Platform::UNKNOWN)?;
+    for warning in &measured.warnings {
+        tracing::warn!("{warning}");
+    }
+    let json = measured.simulator.to_json();
     for path in files {
         write_measurements(path, &json)?;
         tracing::info!("Wrote precalculated measurements to {}", path.display());
     }
-    Ok(())
+    let bank = measured.simulator.bank.iter().map(|(pcr, value)| (pcr.to_string(), measure::pcr::hex(value)));
+    Ok(Some(bank.collect()))
+}
+
+/// The boot check the run does, if `--boot-check` or a variant's `bootCheck` asks for one: once for the image,
+/// with the variants' `bootCheckExpect` and `bootCheckTimeout` (which must then agree); with the timeout as written.
+fn boot_check_settings(
+    args: &UploadArgs,
+    variants: &[VariantConfig],
+) -> Result<Option<(BootCheckOptions, String)>, AppError> {
+    let asking: Vec<&VariantConfig> = variants.iter().filter(|v| v.boot_check || args.boot_check).collect();
+    let Some(first) = asking.first() else { return Ok(None) };
+    if let Some(other) = asking
+        .iter()
+        .find(|v| v.boot_check_expect != first.boot_check_expect || v.boot_check_timeout != first.boot_check_timeout)
+    {
+        return Err(AppError::Usage(format!(
+            "{} and {} set different bootCheckExpect or bootCheckTimeout, but the image is booted once for the run; \
+             set them in [base]",
+            first.label(),
+            other.label()
+        )));
+    }
+    let mut options = BootCheckOptions::new(measure::DEFAULT_UKI_PATH);
+    if let Some(expect) = &first.boot_check_expect {
+        options.expect = expect.clone();
+    }
+    // Validated with the configuration.
+    options.timeout = crate::config::model::parse_go_duration(&first.boot_check_timeout).unwrap_or(options.timeout);
+    Ok(Some((options, first.boot_check_timeout.clone())))
+}
+
+/// The boot check as the manifest records it: the report without its event lists.
+fn boot_summary(report: &boot::BootReport) -> serde_json::Value {
+    let mut value = serde_json::to_value(report).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.remove("mismatches");
+        object.remove("later_events");
+    }
+    value
 }
 
 fn convert(args: &ConvertArgs) -> Result<(), AppError> {

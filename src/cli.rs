@@ -136,6 +136,12 @@ pub struct UploadArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Boot the image under OVMF and a software TPM (`uplosi boot-check`) after the checks and before the first byte
+    /// moves; if it does not come up with the predicted PCR measurements, nothing is uploaded (exit 1). The same as
+    /// `bootCheck = true`; `bootCheckExpect` and `bootCheckTimeout` apply.
+    #[arg(long)]
+    pub boot_check: bool,
+
     /// Format of stdout.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

@@ -23,9 +23,27 @@ pub struct Plan<'a> {
     pub variants: Vec<VariantPlan<'a>>,
 }
 
-/// Builds the plan for `variants`; `image` is shown in the steps.
-pub fn plan<'a>(variants: &'a [VariantConfig], image: &Path) -> Plan<'a> {
-    Plan { variants: variants.iter().map(|cfg| VariantPlan { config: cfg, steps: steps(cfg, image) }).collect() }
+/// Builds the plan for `variants`; `image` is shown in the steps. With `boot_check` (its timeout), every variant's
+/// steps start with the boot check that runs once, before any upload.
+pub fn plan<'a>(variants: &'a [VariantConfig], image: &Path, boot_check: Option<&str>) -> Plan<'a> {
+    let boot = boot_check.map(|timeout| {
+        format!(
+            "boot {} under OVMF with a software TPM (uplosi boot-check), once for the run and before any upload: it \
+             must come up within {timeout} with the predicted PCR measurements, or nothing is uploaded",
+            image.display()
+        )
+    });
+    let variants = variants
+        .iter()
+        .map(|cfg| {
+            let mut steps = steps(cfg, image);
+            if let Some(boot) = &boot {
+                steps.insert(usize::from(cfg.measurements_file.is_some()), boot.clone());
+            }
+            VariantPlan { config: cfg, steps }
+        })
+        .collect();
+    Plan { variants }
 }
 
 fn list(items: &[String]) -> String {

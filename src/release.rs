@@ -66,15 +66,21 @@ pub fn span(cfg: &VariantConfig) -> tracing::Span {
     span
 }
 
-/// Checks every variant, then uploads those that passed. Returns `Err` only for problems the user must fix that a
-/// check found before anything was done (exit code 2); everything else is an [`Outcome`], in the order of
-/// `variants`.
-pub async fn run(
-    variants: &[VariantConfig],
-    image: &SourceImage,
-    options: &RunOptions,
-) -> Result<Vec<Outcome>, ProviderError> {
-    let cancel = &options.upload.cancel;
+/// The variants after their checks: `Some` for those that will not upload (their check failed, or `--fail-fast`
+/// stops them), in the order of the variants.
+pub struct Checked(Vec<Option<Outcome>>);
+
+impl Checked {
+    /// Marks every variant that passed its check as skipped for `note` (the boot check failed, …).
+    pub fn skip_all(self, note: &str) -> Vec<Outcome> {
+        self.0.into_iter().map(|o| o.unwrap_or_else(|| Outcome::skipped(note))).collect()
+    }
+}
+
+/// Checks every variant (credentials, endpoints, existing images; all at once). `Err` for a problem the user must
+/// fix (exit code 2); a variant whose check fails otherwise is marked failed, and with `--fail-fast` the others are
+/// skipped.
+pub async fn check(variants: &[VariantConfig], options: &RunOptions) -> Result<Checked, ProviderError> {
     // Every provider and credential is checked before the first byte moves, so a run does not stop half-way for a
     // reason that was knowable up front. The checks are independent, so they run together.
     let checks = join_all(variants.iter().map(|cfg| provider::preflight(cfg).instrument(span(cfg)))).await;
@@ -98,14 +104,21 @@ pub async fn run(
         return Err(e);
     }
     if options.fail_fast && outcomes.iter().any(Option::is_some) {
-        return Ok(outcomes
-            .into_iter()
-            .map(|o| {
-                o.unwrap_or_else(|| Outcome::skipped("not started: another variant failed its check (--fail-fast)"))
-            })
-            .collect());
+        let note = "not started: another variant failed its check (--fail-fast)";
+        return Ok(Checked(outcomes.into_iter().map(|o| Some(o.unwrap_or_else(|| Outcome::skipped(note)))).collect()));
     }
+    Ok(Checked(outcomes))
+}
 
+/// Uploads the variants that passed their checks, at most `--jobs` at a time.
+pub async fn upload(
+    variants: &[VariantConfig],
+    image: &SourceImage,
+    options: &RunOptions,
+    checked: Checked,
+) -> Vec<Outcome> {
+    let cancel = &options.upload.cancel;
+    let outcomes = checked.0;
     let permits = Arc::new(Semaphore::new(options.jobs.max(1)));
     let uploads = variants.iter().zip(&outcomes).map(|(cfg, checked)| {
         let permits = Arc::clone(&permits);
@@ -168,9 +181,9 @@ pub async fn run(
         .instrument(span(cfg))
     });
     let results = join_all(uploads).await;
-    Ok(outcomes
+    outcomes
         .into_iter()
         .zip(results)
         .map(|(checked, uploaded)| checked.or(uploaded).unwrap_or_else(|| Outcome::skipped("not run")))
-        .collect())
+        .collect()
 }

@@ -115,6 +115,13 @@ pub struct Manifest {
     pub version_bumped: bool,
     /// One entry per variant.
     pub variants: Vec<VariantReport>,
+    /// The boot check's outcome (`uplosi boot-check --output json` without the event lists), when one ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_check: Option<serde_json::Value>,
+    /// The PCR values `uplosi measurements` predicts for the image (PCR index to hex), when they were computed:
+    /// the reference values to publish next to the image IDs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measurements: Option<BTreeMap<String, String>>,
 }
 
 impl Manifest {
@@ -131,7 +138,7 @@ impl Manifest {
                 })
             })
             .collect();
-        Self { references, version, version_bumped: false, variants }
+        Self { references, version, version_bumped: false, variants, boot_check: None, measurements: None }
     }
 
     /// Whether every variant succeeded.

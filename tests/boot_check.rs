@@ -253,3 +253,107 @@ fn bad_options_are_exit_2() {
         assert!(text(&out.stderr).contains(message), "{args:?}: {}", text(&out.stderr));
     }
 }
+
+/// The release run with a boot check: an AWS variant (moto) and a `file` export.
+fn release_config() -> String {
+    r#"[base]
+name = "podvm"
+imageVersionFile = "version.txt"
+bootCheck = true
+bootCheckExpect = "UPLOSI-TEST: done"
+bootCheckTimeout = "3m"
+
+[variant.aws]
+provider = "aws"
+[variant.aws.aws]
+region = "us-east-1"
+
+[variant.libvirt]
+provider = "file"
+[variant.libvirt.file]
+path = "out/podvm-{{.Version}}.qcow2"
+format = "qcow2"
+"#
+    .to_string()
+}
+
+fn amis(endpoint: &str) -> usize {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let conf = support::moto::sdk_config(endpoint, "us-east-1").await;
+        support::moto::images_named(&conf, "podvm-1.2.3").await.len()
+    })
+}
+
+#[test]
+fn upload_boot_check_stops_a_failing_image_and_publishes_a_good_ones_measurements() {
+    let moto = support::moto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (bad, _) = boot::image(dir.path(), "bad", &Spec { init: boot::PANIC_INIT, ..Spec::report(Some(252)) });
+    let (good, _) = boot::image(dir.path(), "good", &Spec::report(None));
+    let ws = support::Workspace::with_image(&release_config(), &bad);
+    std::fs::create_dir_all(ws.path().join("out")).expect("out");
+    let run = |extra: &[&str]| {
+        support::moto::uplosi_command(ws.path(), &moto.url)
+            .args(["upload", "system.raw", "-i", "--manifest", "manifest.json"])
+            .args(extra)
+            .output()
+            .expect("run")
+    };
+
+    let plan = ws.plan_json(&[]);
+    for variant in ["aws", "libvirt"] {
+        let steps = support::variant(&plan, variant)["steps"].to_string();
+        assert!(steps.contains("boot system.raw under OVMF") && steps.contains("within 3m"), "{steps}");
+    }
+
+    let out = run(&[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty(), "no reference: {}", text(&out.stdout));
+    assert!(stderr.contains("the boot check failed: the kernel panicked"), "{stderr}");
+    assert_eq!(amis(&moto.url), 0, "nothing reached AWS");
+    assert_eq!(std::fs::read_dir(ws.path().join("out")).map(|d| d.count()).unwrap_or(1), 0, "no file was written");
+    assert_eq!(ws.read("version.txt"), "1.2.3\n", "the version is not bumped");
+    let manifest: serde_json::Value = serde_json::from_str(&ws.read("manifest.json")).expect("manifest");
+    assert_eq!(manifest["bootCheck"]["booted"], false, "{manifest}");
+    assert!(manifest["bootCheck"]["error"].as_str().unwrap_or_default().contains("panicked"), "{manifest}");
+    assert!(manifest["bootCheck"].get("mismatches").is_none(), "no event lists in the manifest");
+    for variant in manifest["variants"].as_array().expect("variants") {
+        assert_eq!(variant["status"], "skipped", "{manifest}");
+        assert!(variant["error"].as_str().unwrap_or_default().contains("the boot check failed"), "{manifest}");
+    }
+
+    ws.link_image("system.raw", &good);
+    let out = run(&["--output", "json"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(amis(&moto.url), 1, "{stderr}");
+    assert!(ws.path().join("out/podvm-1.2.3.qcow2").exists());
+    assert_eq!(ws.read("version.txt"), "1.2.4\n");
+    let manifest: serde_json::Value = serde_json::from_slice(&out.stdout).expect("manifest on stdout");
+    assert_eq!(manifest["bootCheck"]["booted"], true, "{manifest}");
+    assert_eq!(manifest["bootCheck"]["measurements"]["9"]["match"], true, "{manifest}");
+    let predicted = measurements(&good);
+    for pcr in ["4", "9", "11", "12", "13"] {
+        assert_eq!(manifest["measurements"][pcr], predicted["measurements"][pcr]["expected"], "PCR {pcr}: {manifest}");
+    }
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&ws.read("manifest.json")).expect("file"), manifest);
+}
+
+#[test]
+fn boot_check_settings_are_checked_with_the_configuration() {
+    let ws = support::Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"file\"\nbootCheckTimeout = \"soon\"\nbootCheckExpect = \"(\"\n[base.file]\npath = \"x.raw\"\n",
+    );
+    let err = ws.config_error(&[]);
+    assert!(err.contains("bootCheckTimeout \"soon\" is not a positive duration"), "{err}");
+    assert!(err.contains("bootCheckExpect is not a regular expression"), "{err}");
+    ws.write("uplosi.conf", "[base]\nname = \"podvm\"\nprovider = \"file\"\n[base.file]\npath = \"x.raw\"\n");
+    let plan = ws.plan_json(&["--boot-check"]);
+    assert!(plan["variants"][0]["steps"][0].as_str().unwrap_or_default().contains("within 5m"), "{plan}");
+    let plan = ws.plan_json(&[]);
+    assert!(!plan.to_string().contains("boot-check"), "no boot check unless asked: {plan}");
+}

@@ -268,6 +268,13 @@ pub struct VariantConfig {
     /// Where `uplosi upload` writes the image's PCR measurements first, resolved against the config directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measurements_file: Option<PathBuf>,
+    /// `bootCheck`: boot the image (`uplosi boot-check`) before anything is uploaded.
+    pub boot_check: bool,
+    /// `bootCheckExpect`: what the console must show (a regular expression); `None` is boot-check's default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot_check_expect: Option<String>,
+    /// `bootCheckTimeout`: how long the boot may take, as a Go duration.
+    pub boot_check_timeout: String,
     /// AWS settings.
     pub aws: AwsConfig,
     /// Azure settings.
@@ -465,6 +472,9 @@ pub fn resolve(
     };
     use Section::*;
     let measurements_file = r.opt_string(Common, "measurementsFile").filter(|p| !p.is_empty()).map(|p| dir.join(p));
+    let boot_check = r.bool(Common, "bootCheck");
+    let boot_check_expect = r.opt_string(Common, "bootCheckExpect").filter(|e| !e.is_empty());
+    let boot_check_timeout = r.string(Common, "bootCheckTimeout");
     let aws_region = r.opt_string(Aws, "region");
     let aws = AwsConfig {
         replication_regions: replication_regions(aws_region.as_deref(), r.list(Aws, "replicationRegions")),
@@ -576,6 +586,9 @@ pub fn resolve(
                 image_version,
                 image_version_file,
                 measurements_file,
+                boot_check,
+                boot_check_expect,
+                boot_check_timeout,
                 aws,
                 azure,
                 gcp,

@@ -8,6 +8,7 @@ use super::schema::Section;
 /// Every problem with `cfg`; empty when it is ready to upload.
 pub fn validate(cfg: &VariantConfig) -> Vec<Problem> {
     let mut v = Checker { cfg, problems: Vec::new() };
+    v.boot_check();
     match cfg.provider {
         Provider::Aws => v.aws(),
         Provider::Azure => v.azure(),
@@ -37,6 +38,22 @@ pub fn is_gce_name(s: &str) -> bool {
 }
 
 impl Checker<'_> {
+    /// `bootCheckTimeout` and `bootCheckExpect` are checked even with `bootCheck = false`, as `--boot-check` uses
+    /// them too.
+    fn boot_check(&mut self) {
+        let cfg = self.cfg;
+        if super::model::parse_go_duration(&cfg.boot_check_timeout).is_none_or(|d| d.is_zero()) {
+            let message = format!(
+                "bootCheckTimeout \"{}\" is not a positive duration like \"5m\", \"90s\" or \"1h\"",
+                cfg.boot_check_timeout
+            );
+            self.fail(Section::Common, "bootCheckTimeout", message);
+        }
+        if let Some(Err(e)) = cfg.boot_check_expect.as_deref().map(regex::Regex::new) {
+            self.fail(Section::Common, "bootCheckExpect", format!("bootCheckExpect is not a regular expression: {e}"));
+        }
+    }
+
     fn origin(&self, section: Section, key: &str) -> Option<Origin> {
         self.cfg.origins.get(&(section, key)).cloned()
     }

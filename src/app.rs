@@ -334,6 +334,7 @@ fn boot_check_options(args: &BootCheckArgs) -> Result<BootCheckOptions, AppError
     options.timeout = timeout;
     options.measure = !args.no_measure;
     options.serial_log = args.serial_log.clone();
+    options.accel = args.accel;
     Ok(options)
 }
 

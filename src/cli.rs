@@ -250,6 +250,10 @@ pub struct BootCheckArgs {
     #[arg(long, value_name = "FILE")]
     pub serial_log: Option<PathBuf>,
 
+    /// Force KVM or TCG. Default: KVM where /dev/kvm works, TCG otherwise (and when KVM fails to run the guest).
+    #[arg(long, value_enum)]
+    pub accel: Option<crate::boot::vm::Accel>,
+
     /// Format of stdout: nothing (text; the summary goes to stderr) or the JSON report.
     #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

@@ -232,6 +232,24 @@ fn no_swtpm_on_path_is_exit_2_naming_the_packages() {
     );
 }
 
+#[test]
+fn a_uki_for_another_architecture_is_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (image, _) = boot::image(dir.path(), "uki", &Spec::report(Some(252)));
+    // The COFF machine field of BOOTX64.EFI, found through its PE header, says aarch64 instead of x86_64.
+    let mut disk = std::fs::read(&image).expect("read");
+    let at = disk.windows(6).position(|w| w == b"PE\0\0\x64\x86").expect("the UKI's PE header");
+    disk[at + 4..at + 6].copy_from_slice(&0xaa64u16.to_le_bytes());
+    std::fs::write(&image, &disk).expect("write");
+    let out = uplosi(dir.path()).arg("boot-check").arg(&image).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("is for aarch64") && text(&out.stderr).contains("only x86_64"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 fn which(program: &str) -> PathBuf {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join(program))
@@ -247,6 +265,7 @@ fn bad_options_are_exit_2() {
         (&["--timeout", "soon"][..], "--timeout \"soon\" is not a positive Go duration"),
         (&["--expect", "("][..], "is not a regular expression"),
         (&["--firmware", "/nonexistent/CODE.fd"][..], "/nonexistent/CODE.fd not found"),
+        (&["--accel", "xen"][..], "invalid value 'xen'"),
     ] {
         let out = uplosi(dir.path()).arg("boot-check").arg(&image).args(args).output().expect("run");
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out.stderr));

@@ -43,6 +43,8 @@ pub struct BootCheckOptions {
     pub measure: bool,
     /// Where to keep the console output.
     pub serial_log: Option<PathBuf>,
+    /// KVM or TCG only; `None`: KVM where it works, TCG otherwise.
+    pub accel: Option<Accel>,
 }
 
 impl BootCheckOptions {
@@ -57,6 +59,7 @@ impl BootCheckOptions {
             timeout: Duration::from_secs(300),
             measure: true,
             serial_log: None,
+            accel: None,
         }
     }
 }
@@ -358,7 +361,7 @@ pub fn boot_check(
         format!("/{}/", options.expect)
     };
     let stage = StageLine::new("boot-check", "boot check");
-    let mut accel = Accel::preferred();
+    let mut accel = options.accel.unwrap_or_else(Accel::preferred);
     let (ending, console, elapsed, mut vm) = loop {
         tracing::info!(
             "booting {} under {} ({} MiB, {} CPUs, firmware {})",
@@ -427,6 +430,11 @@ pub fn boot_check(
         };
         if let Ending::KvmFailed(reason) = &ending {
             vm.kill();
+            if options.accel == Some(Accel::Kvm) {
+                return Err(BootCheckError::Usage(format!(
+                    "KVM does not work on this host: {reason}; drop --accel kvm"
+                )));
+            }
             tracing::warn!("KVM does not work on this host ({reason}); booting again under TCG");
             accel = Accel::Tcg;
             continue;
@@ -504,7 +512,7 @@ pub fn boot_check(
         report.machine_dependent = predicted.simulator.machine_dependent.iter().copied().collect();
         report.warnings = predicted.warnings;
         let pcr4 = extends.iter().filter(|e| e.pcr == 4).count();
-        tracing::info!("the TPM received {} extends; {pcr4} into PCR 4", extends.len());
+        tracing::info!("firmware, stub and kernel measured {} events, {pcr4} of them into PCR 4", extends.len());
     }
     drop(workdir);
     Ok(report)

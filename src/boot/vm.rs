@@ -104,7 +104,7 @@ pub fn find_tools(firmware: Option<&str>) -> Result<Tools, VmError> {
 }
 
 /// How QEMU runs the guest.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Accel {
     /// Hardware virtualisation.
     Kvm,

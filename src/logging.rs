@@ -26,10 +26,36 @@ pub fn init(level: &str) {
     let format = LineFormat { time: !std::io::stderr().is_terminal() };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(crate::progress::LogWriter)
+        .with_writer(LogWriter)
         .with_ansi(color())
         .event_format(format)
         .init();
+}
+
+/// Log output on stderr, secrets masked, written with the progress bars out of the way (so log lines and bars never
+/// overwrite each other). The `tracing_subscriber` writer.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Each call is one formatted event; secrets are masked whatever the verbosity.
+        let text = String::from_utf8_lossy(buf);
+        let line = redact(&text);
+        crate::progress::suspend(|| std::io::stderr().write_all(line.as_bytes())).map(|()| buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        LogWriter
+    }
 }
 
 /// The line layout described in the module docs.

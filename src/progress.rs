@@ -93,30 +93,10 @@ impl StageLine {
     }
 }
 
-/// Log output on stderr that hides the progress bars while a line is written and redraws them after, so log lines
-/// and bars never overwrite each other. Use it as the `tracing_subscriber` writer.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct LogWriter;
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        // Each call is one formatted event; secrets are masked whatever the verbosity.
-        let text = String::from_utf8_lossy(buf);
-        let line = crate::logging::redact(&text);
-        bars().suspend(|| std::io::stderr().write_all(line.as_bytes())).map(|()| buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
-    type Writer = LogWriter;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        LogWriter
-    }
+/// Runs `f` (writing a log line) with the progress bars hidden, and redraws them after, so log lines and bars
+/// never overwrite each other.
+pub fn suspend<R>(f: impl FnOnce() -> R) -> R {
+    bars().suspend(f)
 }
 
 /// Turns progress bars off for the whole process (`-q`).

@@ -4,6 +4,7 @@
 //! over an earlier one — including `false`, `0`, `""` and `[]`. Lists and tables are replaced whole, never
 //! concatenated. (The Go tool merged with "non-zero wins", so `publish = false` in a variant was lost.)
 
+pub mod certificate;
 pub mod load;
 pub mod model;
 pub mod schema;

@@ -344,7 +344,7 @@ impl Checker<'_> {
             self.fail(Azure, "publisherUri", format!("publisherUri \"{uri}\" must be an http(s) URL"));
         }
         for entry in &z.additional_signatures {
-            if crate::provider::azure::signature_der(entry).is_none() {
+            if super::certificate::signature_der(entry).is_none() {
                 self.fail(
                     Azure,
                     "additionalSignatures",

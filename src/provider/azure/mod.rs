@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub use error::AzureError;
-pub use gallery::signature_der;
 
 use crate::cancel::Cancel;
 use crate::config::{AzureConfig, VariantConfig};

@@ -495,6 +495,38 @@ replicationRegions = ["eastus", "eastus2", "westeurope", "northeurope", "eastus2
 }
 
 #[test]
+fn azure_region_names_are_accepted_as_azure_spells_them() {
+    let ws = Workspace::new();
+    // The Go tool's own test configuration writes GermanyWestCentral.
+    ws.write(
+        "uplosi.conf",
+        r#"[base]
+name = "podvm"
+imageVersion = "0.1.0"
+provider = "azure"
+
+[base.azure]
+subscriptionID = "00000000-0000-0000-0000-000000000001"
+location = "GermanyWestCentral"
+resourceGroup = "rg"
+sharedImageGallery = "gallery"
+replicationRegions = ["Germany West Central", "germanywestcentral", "North Europe", "NorthEurope", "eastus2"]
+"#,
+    );
+    let plan = ws.plan_json(&[]);
+    let base = &plan["variants"][0];
+    assert_eq!(base["azure"]["location"], "germanywestcentral", "{plan}");
+    assert_eq!(base["azure"]["replicationRegions"], serde_json::json!(["northeurope", "eastus2"]), "{plan}");
+    let steps = base["steps"].to_string();
+    assert!(steps.contains("germanywestcentral, northeurope, eastus2"), "{steps}");
+
+    ws.write("uplosi.conf.d/bad.conf", "[base.azure]\nreplicationRegions = [\"west-europe\"]\n");
+    let err = ws.config_error(&[]);
+    assert!(err.contains("uplosi.conf.d/bad.conf:2"), "the line: {err}");
+    assert!(err.contains("replicationRegions") && err.contains("\"west-europe\" is not an Azure region name"), "{err}");
+}
+
+#[test]
 fn gcp_keys_are_checked() {
     let ws = Workspace::new();
     ws.write(

@@ -212,6 +212,18 @@ pub fn parse_go_duration(text: &str) -> Option<std::time::Duration> {
     (seconds.is_finite() && seconds < 1e9).then(|| std::time::Duration::from_secs_f64(seconds))
 }
 
+/// An Azure region as Resource Manager compares them: case-insensitive, spaces ignored, so `GermanyWestCentral`
+/// (the Go tool's own test configuration), `Germany West Central` and `germanywestcentral` are one region, written
+/// in the lowercase form without spaces that requests and comparisons use. A name with other characters is kept
+/// as written, for validation to refuse.
+pub fn azure_region(name: &str) -> String {
+    if name.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ') {
+        name.chars().filter(|c| *c != ' ').map(|c| c.to_ascii_lowercase()).collect()
+    } else {
+        name.to_string()
+    }
+}
+
 /// `replicationRegions` without the primary region and without repeats. Real configs list the primary region too
 /// (cloud-api-adaptor documents `location = "eastus"` with `replicationRegions = ["eastus", "eastus2", …]`); the
 /// image is already there, so the entry is skipped rather than refused.
@@ -498,10 +510,11 @@ pub fn resolve(
         launch_permissions: r.list(Aws, "launchPermissions"),
         ssm_parameter: r.opt_string(Aws, "ssmParameter").filter(|p| !p.is_empty()),
     };
-    let azure_location = r.opt_string(Azure, "location");
+    let azure_location = r.opt_string(Azure, "location").map(|l| azure_region(&l));
+    let azure_regions = r.list(Azure, "replicationRegions").iter().map(|l| azure_region(l)).collect();
     let azure = AzureConfig {
         subscription_id: r.opt_string(Azure, "subscriptionID"),
-        replication_regions: replication_regions(azure_location.as_deref(), r.list(Azure, "replicationRegions")),
+        replication_regions: replication_regions(azure_location.as_deref(), azure_regions),
         location: azure_location,
         resource_group: r.opt_string(Azure, "resourceGroup"),
         attestation_variant: r.string(Azure, "attestationVariant"),

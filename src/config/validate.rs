@@ -313,12 +313,17 @@ impl Checker<'_> {
             self.fail(Azure, "replicaCount", format!("replicaCount {} must be 1 to 100", z.replica_count));
         }
         for region in z.location.iter().chain(&z.replication_regions) {
+            // Names were normalised when the configuration was resolved; what is left unnormalised has other
+            // characters than letters, digits and spaces.
             if !region.is_empty() && !region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
                 let key = if Some(region) == z.location.as_ref() { "location" } else { "replicationRegions" };
                 self.fail(
                     Azure,
                     key,
-                    format!("\"{region}\" is not an Azure region name such as \"eastus\" (lowercase, no spaces)"),
+                    format!(
+                        "{key} \"{region}\" is not an Azure region name: only letters, digits and spaces, as in \
+                         \"eastus\", \"Germany West Central\" or \"GermanyWestCentral\""
+                    ),
                 );
             }
         }

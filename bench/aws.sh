@@ -22,7 +22,8 @@ IMG="$WORK/system.raw"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() { for _ in $(seq 200); do (echo > "/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; return 1; }
 MOTO_PORT=$(free_port)
-python3 -m moto.server -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
+# EBS direct answering BlockSize 524288 as real EBS does (stock moto says 512).
+python3 tests/support/moto_ebs.py -H 127.0.0.1 -p "$MOTO_PORT" >/dev/null 2>&1 &
 MOTO=$!
 PROXY_PORT=$(free_port)
 python3 tests/support/aws_proxy.py --port "$PROXY_PORT" --upstream "http://127.0.0.1:$MOTO_PORT" --stats "$WORK/proxy.json" &

@@ -31,7 +31,8 @@ start_gcp "$WORK/gcp"
 cat "$AZURE_CA" "$SSL_CERT_FILE" > "$WORK/ca-bundle.pem"
 export SSL_CERT_FILE="$WORK/ca-bundle.pem"
 MPORT=$(free_port)
-python3 -m moto.server -H 127.0.0.1 -p "$MPORT" >/dev/null 2>&1 &
+# EBS direct answering BlockSize 524288 as real EBS does (stock moto says 512).
+python3 tests/support/moto_ebs.py -H 127.0.0.1 -p "$MPORT" >/dev/null 2>&1 &
 MOTO=$!
 stop() { kill "$GLANCE" "$MOTO" $AZURE_PIDS $GCP_PIDS 2>/dev/null || true; wait 2>/dev/null || true; [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
 trap stop EXIT

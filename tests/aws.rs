@@ -216,6 +216,33 @@ fn sparse_image_sends_only_its_data_blocks() {
 }
 
 #[test]
+fn blocks_are_as_large_as_start_snapshot_answers() {
+    let image = fixtures::huge_sparse();
+    // Stock moto answers 512 bytes, EBS 524288; a larger power of two is served too; 1000 cannot be.
+    // The block count: at 512 bytes, one per 512 bytes of data (the comparison below checks each); at 1 MiB, the
+    // three data regions of the image.
+    for (block, blocks) in [(512u64, Some(500..600)), (1 << 20, Some(3..4)), (1000, None)] {
+        let server = moto::start_with_block_size(block);
+        let run = Run::new(&config("replicationRegions = []\npublish = false\nlaunchPermissions = []"), &image.path);
+        let out = run.uplosi(&server.url).args(["upload", "system.raw"]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let Some(expected_blocks) = blocks else {
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("StartSnapshot answered BlockSize 1000") && stderr.contains("524288"), "{stderr}");
+            assert_nothing_left(&server.url, "the started snapshot is deleted");
+            continue;
+        };
+        assert!(out.status.success(), "BlockSize {block}: {stderr}");
+        runtime().block_on(async {
+            let conf = moto::sdk_config(&server.url, "us-east-1").await;
+            let snapshots = snapshots_named(&conf, "podvm-1.2.3").await;
+            let stored = moto::assert_snapshot_in_blocks_equals_image(&server.url, &snapshots[0], &image.path, block);
+            assert!(expected_blocks.contains(&stored), "BlockSize {block}: {stored} blocks");
+        });
+    }
+}
+
+#[test]
 fn existing_ami_is_replaced_or_refused() {
     let server = moto::start();
     let image = &fixtures::synthetic_cases()[1];

@@ -1,6 +1,7 @@
 //! Uploading the image as an EBS snapshot through the EBS direct APIs (as awslabs/coldsnap does).
 //!
-//! Only 512 KiB blocks that hold data are read and sent: holes and all-zero blocks never leave the machine, and a
+//! Blocks are as large as StartSnapshot says (EBS: 512 KiB; any power of two from 512 bytes to 16 MiB is served).
+//! Only blocks that hold data are read and sent: holes and all-zero blocks never leave the machine, and a
 //! new snapshot reads them as zeros. Each block carries its SHA-256; CompleteSnapshot gets the block count and the
 //! linear aggregate checksum (SHA-256 over the blocks' checksums in index order), so AWS verifies the whole.
 //! Blocks go up on a bounded number of concurrent requests; each request has its own retry loop with jittered
@@ -22,8 +23,10 @@ use crate::progress::Progress;
 use crate::provider::UploadOptions;
 use crate::transfer::{RetryPolicy, read_at, run_bounded};
 
-/// EBS direct block size.
+/// The block size real EBS answers in StartSnapshot (and the granularity the image is scanned at).
 pub const BLOCK_SIZE: u64 = 512 * 1024;
+/// The largest block size uplosi accepts from StartSnapshot.
+const MAX_BLOCK_SIZE: u64 = 16 << 20;
 const GIB: u64 = 1 << 30;
 
 /// What the upload did.
@@ -95,9 +98,14 @@ pub async fn upload(
         return Err(AwsError::State { region: region.into(), what: "StartSnapshot returned no snapshot ID".into() });
     }
     tracing::info!("AWS {region}: uploading {} as snapshot {snapshot_id}", image.path.display());
+    // The size StartSnapshot answers is the one PutSnapshotBlock must use (EBS answers 524288).
+    let block_size = started.block_size().map_or(BLOCK_SIZE, |b| u64::try_from(b).unwrap_or(0));
 
     let result = async {
-        let stats = put_blocks(clients, region, &snapshot_id, image, map, options).await?;
+        if !block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&block_size) {
+            return Err(AwsError::BlockSize { region: region.into(), snapshot: snapshot_id.clone(), size: block_size });
+        }
+        let stats = put_blocks(clients, region, &snapshot_id, image, map, block_size, options).await?;
         super::snapshot::wait_completed(ec2, region, &snapshot_id, &options.cancel).await?;
         Ok::<_, AwsError>(stats)
     }
@@ -112,64 +120,54 @@ pub async fn upload(
     }
 }
 
+/// Sends the blocks of `map` in blocks of `block_size` (a power of two). The image was scanned in 512 KiB units:
+/// a larger block size coarsens them; a smaller one cuts each unit into blocks and sends only those with data (a
+/// new snapshot reads the others as zeros).
 async fn put_blocks(
     clients: &[aws_sdk_ebs::Client],
     region: &str,
     snapshot_id: &str,
     image: &SourceImage,
     map: &ExtentMap,
+    block_size: u64,
     options: &UploadOptions,
 ) -> Result<UploadStats, AwsError> {
-    let blocks: Vec<u64> = map
-        .coarsen(BLOCK_SIZE)
-        .extents
-        .iter()
-        .flat_map(|e| (e.start / BLOCK_SIZE)..e.end().div_ceil(BLOCK_SIZE))
-        .collect();
-    let progress = Progress::bytes(blocks.len() as u64 * BLOCK_SIZE, "EBS");
+    let unit = block_size.max(BLOCK_SIZE);
+    let per_unit = unit / block_size;
+    let units: Vec<u64> =
+        map.coarsen(unit).extents.iter().flat_map(|e| (e.start / unit)..e.end().div_ceil(unit)).collect();
+    let progress = Progress::bytes(units.len() as u64 * unit, "EBS");
     let file = Arc::clone(&image.data);
     let sent = Arc::new(AtomicU64::new(0));
-    let result = run_bounded(blocks, options.concurrency, &options.cancel, |index| {
-        let ebs = clients[index as usize % clients.len()].clone();
+    let result = run_bounded(units, options.concurrency, &options.cancel, |unit_index| {
+        let ebs = clients[unit_index as usize % clients.len()].clone();
         let (file, sent, progress) = (Arc::clone(&file), Arc::clone(&sent), progress.clone());
         let (snapshot_id, region) = (snapshot_id.to_string(), region.to_string());
         async move {
-            let offset = index * BLOCK_SIZE;
+            let offset = unit_index * unit;
             let data =
-                read_at(file, offset, BLOCK_SIZE as usize).await.map_err(|source| AwsError::Read { offset, source })?;
-            let digest: [u8; 32] = Sha256::digest(&data).into();
-            let checksum = BASE64.encode(digest);
-            let body = bytes::Bytes::from(data);
-            RetryPolicy::default()
-                .run(
-                    |_| {
-                        ebs.put_snapshot_block()
-                            .snapshot_id(&snapshot_id)
-                            .block_index(index as i32)
-                            .block_data(ByteStream::from(body.clone()))
-                            .data_length(BLOCK_SIZE as i32)
-                            .checksum(&checksum)
-                            .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
-                            .send()
-                    },
-                    error::verdict,
-                )
-                .await
-                .map_err(|e| {
-                    if error::is_access_denied(&e) {
-                        error::call_with_hint(&region, "PutSnapshotBlock", &e, EBS_ACTIONS_HINT)
-                    } else {
-                        error::call(&region, "PutSnapshotBlock", &e)
-                    }
-                })?;
-            sent.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
-            progress.inc(BLOCK_SIZE);
-            Ok::<_, AwsError>((index, digest))
+                read_at(file, offset, unit as usize).await.map_err(|source| AwsError::Read { offset, source })?;
+            let data = bytes::Bytes::from(data);
+            let mut digests = Vec::with_capacity(per_unit as usize);
+            for piece in 0..per_unit {
+                let body = data.slice((piece * block_size) as usize..((piece + 1) * block_size) as usize);
+                if per_unit > 1 && body.iter().all(|&b| b == 0) {
+                    continue;
+                }
+                let index = unit_index * per_unit + piece;
+                let digest: [u8; 32] = Sha256::digest(&body).into();
+                put_block(&ebs, &region, &snapshot_id, index, body, &digest).await?;
+                sent.fetch_add(block_size, Ordering::Relaxed);
+                digests.push((index, digest));
+            }
+            progress.inc(unit);
+            Ok::<_, AwsError>(digests)
         }
     })
     .await;
     progress.finish();
-    let mut checksums = result.map_err(|stopped| error::stopped(region, "the block upload", stopped))?;
+    let mut checksums: Vec<(u64, [u8; 32])> =
+        result.map_err(|stopped| error::stopped(region, "the block upload", stopped))?.into_iter().flatten().collect();
 
     checksums.sort_by_key(|(index, _)| *index);
     let mut aggregate = Sha256::new();
@@ -195,6 +193,42 @@ async fn put_blocks(
         .await
         .map_err(|e| error::call(region, "CompleteSnapshot", &e))?;
     Ok(UploadStats { blocks: checksums.len() as u64, bytes: sent.load(Ordering::Relaxed) })
+}
+
+/// One PutSnapshotBlock, with its own retry loop.
+async fn put_block(
+    ebs: &aws_sdk_ebs::Client,
+    region: &str,
+    snapshot_id: &str,
+    index: u64,
+    body: bytes::Bytes,
+    digest: &[u8; 32],
+) -> Result<(), AwsError> {
+    let checksum = BASE64.encode(digest);
+    let length = body.len() as i32;
+    RetryPolicy::default()
+        .run(
+            |_| {
+                ebs.put_snapshot_block()
+                    .snapshot_id(snapshot_id)
+                    .block_index(index as i32)
+                    .block_data(ByteStream::from(body.clone()))
+                    .data_length(length)
+                    .checksum(&checksum)
+                    .checksum_algorithm(ChecksumAlgorithm::ChecksumAlgorithmSha256)
+                    .send()
+            },
+            error::verdict,
+        )
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            if error::is_access_denied(&e) {
+                error::call_with_hint(region, "PutSnapshotBlock", &e, EBS_ACTIONS_HINT)
+            } else {
+                error::call(region, "PutSnapshotBlock", &e)
+            }
+        })
 }
 
 /// How many EBS clients share the block uploads. Each has its own HTTP client and connection pool, so the

@@ -107,13 +107,62 @@ pub fn set_quiet(quiet: bool) {
 /// How often a transfer reports its progress as a log line when stderr is not a terminal (CI logs).
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// A byte-counting progress bar; on a terminal a bar, otherwise a log line at most every [`LOG_INTERVAL`] (in the
-/// span it was created in, so the line names its variant). Cheap to clone and safe to share.
+/// A byte-counting progress bar; on a terminal a bar, otherwise a log line every [`LOG_INTERVAL`] (in the span it
+/// was created in, so the line names its variant) — also while no byte moves, so a stalled transfer shows in CI logs
+/// as one. Cheap to clone and safe to share.
 #[derive(Clone, Debug)]
 pub struct Progress {
     bar: ProgressBar,
-    /// For log lines: the creating span and when the last line was written; `None` on a terminal or with `-q`.
-    log: Option<Arc<(tracing::Span, Mutex<Instant>)>>,
+    /// For log lines; `None` on a terminal or with `-q`.
+    log: Option<Arc<LogLines>>,
+}
+
+/// The log-line side of a [`Progress`]: shared by its clones and, weakly, by the thread that writes the lines.
+#[derive(Debug)]
+struct LogLines {
+    bar: ProgressBar,
+    span: tracing::Span,
+    /// When the last line was written.
+    last: Mutex<Instant>,
+    finished: AtomicBool,
+}
+
+impl LogLines {
+    /// Writes a line if the last one is [`LOG_INTERVAL`] old.
+    fn maybe_log(&self) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < LOG_INTERVAL || self.finished.load(Ordering::Relaxed) {
+            return;
+        }
+        *last = Instant::now();
+        let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0).max(1));
+        let mib = |b: f64| b / f64::from(1u32 << 20);
+        self.span.in_scope(|| {
+            tracing::info!(
+                "{}: {:.1} of {:.1} MiB ({}%), {:.1} MiB/s, eta {} s",
+                self.bar.message(),
+                mib(done as f64),
+                mib(total as f64),
+                done * 100 / total,
+                mib(self.bar.per_sec()),
+                self.bar.eta().as_secs()
+            )
+        });
+    }
+
+    /// A thread that writes the line when the interval is over even if nothing moved; it ends with the transfer.
+    fn tick(lines: &Arc<LogLines>) {
+        let weak = Arc::downgrade(lines);
+        std::thread::spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(1));
+                match weak.upgrade() {
+                    Some(lines) if !lines.finished.load(Ordering::Relaxed) => lines.maybe_log(),
+                    _ => break,
+                }
+            }
+        });
+    }
 }
 
 impl Progress {
@@ -141,38 +190,25 @@ impl Progress {
             Some(variant) => format!("{variant} {label}"),
             None => label.to_string(),
         });
-        let log = (!visible && !quiet).then(|| Arc::new((tracing::Span::current(), Mutex::new(Instant::now()))));
-        Self { bar, log }
-    }
-
-    /// Writes a log line if the last one is [`LOG_INTERVAL`] old.
-    fn maybe_log(&self) {
-        let Some(log) = &self.log else { return };
-        let (span, last) = &**log;
-        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() < LOG_INTERVAL {
-            return;
-        }
-        *last = Instant::now();
-        let (done, total) = (self.bar.position(), self.bar.length().unwrap_or(0).max(1));
-        let mib = |b: f64| b / f64::from(1u32 << 20);
-        span.in_scope(|| {
-            tracing::info!(
-                "{}: {:.1} of {:.1} MiB ({}%), {:.1} MiB/s, eta {} s",
-                self.bar.message(),
-                mib(done as f64),
-                mib(total as f64),
-                done * 100 / total,
-                mib(self.bar.per_sec()),
-                self.bar.eta().as_secs()
-            )
+        let log = (!visible && !quiet).then(|| {
+            let lines = Arc::new(LogLines {
+                bar: bar.clone(),
+                span: tracing::Span::current(),
+                last: Mutex::new(Instant::now()),
+                finished: AtomicBool::new(false),
+            });
+            LogLines::tick(&lines);
+            lines
         });
+        Self { bar, log }
     }
 
     /// Adds `n` bytes.
     pub fn inc(&self, n: u64) {
         self.bar.inc(n);
-        self.maybe_log();
+        if let Some(log) = &self.log {
+            log.maybe_log();
+        }
     }
 
     /// Starts the count again (a retried transfer).
@@ -180,8 +216,11 @@ impl Progress {
         self.bar.set_position(0);
     }
 
-    /// Removes the bar.
+    /// Removes the bar (and ends its log lines).
     pub fn finish(&self) {
+        if let Some(log) = &self.log {
+            log.finished.store(true, Ordering::Relaxed);
+        }
         self.bar.finish_and_clear();
     }
 }

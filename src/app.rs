@@ -8,10 +8,11 @@ use thiserror::Error;
 
 use crate::boot::{self, BootCheckError, BootCheckOptions};
 use crate::cancel::Cancel;
-use crate::cli::{BootCheckArgs, Cli, Command, ConvertArgs, MeasurementsArgs, OutputFormat, UploadArgs};
+use crate::cli::{BootCheckArgs, Cli, Command, ConvertArgs, LifecycleArgs, MeasurementsArgs, OutputFormat, UploadArgs};
 use crate::config::{Config, ConfigError, VariantConfig};
 use crate::convert::{self, ConvertError, ConvertOptions};
 use crate::image::{ImageError, SourceImage};
+use crate::lifecycle::{self, Mode};
 use crate::measure::{self, MeasureError};
 use crate::plan;
 use crate::provider::{ProviderError, UploadOptions};
@@ -69,6 +70,9 @@ pub enum AppError {
     /// The image did not come up, or not with the predicted measurements.
     #[error("the boot check failed: {0}")]
     BootCheckFailed(String),
+    /// `delete` or `prune` could not delete everything.
+    #[error("{0}")]
+    Lifecycle(String),
     /// Ctrl-C or SIGTERM stopped the run; every variant cleaned up after itself.
     #[error("interrupted; what the run created was removed (see the log above) and no version file was changed")]
     Interrupted,
@@ -102,6 +106,21 @@ pub fn run(cli: Cli) -> Result<(), AppError> {
         Command::Convert(args) => convert(&args),
         Command::Measurements(args) => measurements(&args, cli.quiet),
         Command::BootCheck(args) => boot_check(&args),
+        Command::Delete(args) => {
+            let version = args.version.parse::<ImageVersion>().map_err(|e| AppError::Usage(e.to_string()))?;
+            lifecycle_run(&args.common, Mode::Delete(version))
+        }
+        Command::Prune(args) => {
+            let younger_than = match &args.older_than {
+                Some(text) => Some(lifecycle::parse_age(text).ok_or_else(|| {
+                    AppError::Usage(format!(
+                        "--older-than {text:?} is not a positive duration such as \"30d\", \"720h\" or \"90m\""
+                    ))
+                })?),
+                None => None,
+            };
+            lifecycle_run(&args.common, Mode::Prune { keep: args.keep as usize, younger_than })
+        }
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -314,6 +333,75 @@ fn measurements(args: &MeasurementsArgs, quiet: bool) -> Result<(), AppError> {
         None => std::io::stdout().write_all(json.as_bytes()).map_err(AppError::Stdout)?,
     }
     Ok(())
+}
+
+/// `uplosi delete` and `uplosi prune`: the plan, a confirmation, the deletion, the report.
+fn lifecycle_run(args: &LifecycleArgs, mode: Mode) -> Result<(), AppError> {
+    let config = Config::load(&args.config_dir)?;
+    let variants = config.resolve_selected(&args.enable_variant_glob, &args.disable_variant_glob)?;
+    for cfg in &variants {
+        if let Some((section, key)) = crate::provider::name_key(cfg.provider) {
+            crate::config::names::NamePattern::of(cfg, section, key)
+                .map_err(|e| AppError::Usage(format!("{}: {e}", cfg.label())))?;
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
+    let cancel = Cancel::on_signals();
+    let jobs = args.jobs.map_or(variants.len(), |j| j as usize).max(1);
+    let mut outcome = lifecycle::Outcome { variants: runtime.block_on(lifecycle::plan(&variants, mode, jobs)) };
+    let plan = outcome.plan_text(args.dry_run);
+    match args.output {
+        OutputFormat::Text => std::io::stdout().write_all(plan.as_bytes()).map_err(AppError::Stdout)?,
+        OutputFormat::Json => eprint!("{plan}"),
+    }
+    let pending = outcome.pending_count();
+    if args.dry_run {
+        for v in &mut outcome.variants {
+            let items = std::mem::take(&mut v.pending);
+            v.deleted.extend(items.iter().flat_map(lifecycle::deleted_entries));
+        }
+    } else if pending > 0 {
+        if !args.yes {
+            confirm(pending, outcome.variants.iter().filter(|v| !v.pending.is_empty()).count())?;
+        }
+        runtime.block_on(lifecycle::execute(&variants, &mut outcome.variants, jobs, &cancel));
+    }
+    if args.output == OutputFormat::Json {
+        let json = serde_json::to_string_pretty(&outcome).map_err(|e| AppError::Stdout(e.into()))? + "\n";
+        std::io::stdout().write_all(json.as_bytes()).map_err(AppError::Stdout)?;
+    }
+    let deleted: usize = outcome.variants.iter().map(|v| v.deleted.len()).sum();
+    let failed: usize = outcome.variants.iter().map(|v| v.failed.len()).sum();
+    if !args.dry_run {
+        tracing::info!("deleted {deleted}, failed {failed}");
+    }
+    if cancel.is_signalled() {
+        return Err(AppError::Interrupted);
+    }
+    if outcome.failed() {
+        return Err(AppError::Lifecycle(format!(
+            "{failed} could not be listed or deleted (see above); run the same command again to finish"
+        )));
+    }
+    Ok(())
+}
+
+/// Asks once, on a terminal, whether to delete `count` items of `variants` variants; refuses off a terminal.
+fn confirm(count: usize, variants: usize) -> Result<(), AppError> {
+    use std::io::IsTerminal;
+    if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
+        return Err(AppError::Usage(format!(
+            "{count} images and snapshots would be deleted, but there is no terminal to ask: pass --yes or --dry-run"
+        )));
+    }
+    eprint!("Delete these {count} images and snapshots of {variants} variant(s)? [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer).map_err(AppError::Stdout)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(AppError::Lifecycle("not confirmed; nothing was deleted".into()))
+    }
 }
 
 /// The options of `uplosi boot-check` from its arguments.

@@ -87,6 +87,27 @@ pub enum Command {
         after_help = "Examples:\n  uplosi boot-check build/system.raw\n  uplosi boot-check build/system.qcow2 --timeout 10m --serial-log console.log --output json"
     )]
     BootCheck(BootCheckArgs),
+    /// Delete every image of VERSION that the selected variants uploaded, in all their regions, with what stands
+    /// behind it (snapshots, leftover upload disks and objects).
+    ///
+    /// The images are found by rendering each variant's name template (amiName, imageName, path, the gallery image
+    /// definition's versions) with the version left open; names without a MAJOR.MINOR.PATCH there are never
+    /// touched. The plan is printed first. Never deleted: a protected Glance image, an AMI the variant's
+    /// ssmParameter points to, the version the version file (or imageVersion) holds. Without --dry-run or --yes,
+    /// uplosi asks once on a terminal and refuses (exit 2) elsewhere.
+    #[command(
+        after_help = "Examples:\n  uplosi delete 1.2.3 --dry-run\n  uplosi delete 1.2.3 --yes --enable-variant-glob 'aws-*' --output json"
+    )]
+    Delete(DeleteArgs),
+    /// Delete all but the newest versions of every selected variant's images.
+    ///
+    /// Per variant it keeps the --keep N newest versions (semver order), the version the version file (or
+    /// imageVersion) holds and anything newer, and with --older-than anything created more recently than that (the
+    /// cloud's own creation time; a file's modification time); it deletes the rest, as `uplosi delete` does.
+    #[command(
+        after_help = "Examples:\n  uplosi prune --keep 3 --dry-run\n  uplosi prune --keep 3 --older-than 30d --yes"
+    )]
+    Prune(PruneArgs),
     /// Print a shell completion script.
     ///
     /// For example: `uplosi completions bash > /etc/bash_completion.d/uplosi`.
@@ -259,8 +280,74 @@ pub struct BootCheckArgs {
     pub output: OutputFormat,
 }
 
-const SUBCOMMANDS: &[&str] =
-    &["upload", "convert", "measurements", "precalculate-measurements", "boot-check", "completions", "help"];
+/// What `delete` and `prune` share.
+#[derive(Debug, Args)]
+pub struct LifecycleArgs {
+    /// Directory that holds uplosi.conf and uplosi.conf.d/.
+    #[arg(short = 'c', long = "config", value_name = "DIR", default_value = ".")]
+    pub config_dir: PathBuf,
+
+    /// Only variants whose name matches one of these globs (repeat or separate with commas). Default: all.
+    #[arg(long = "enable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
+    pub enable_variant_glob: Vec<String>,
+
+    /// Skip variants whose name matches one of these globs (repeat or separate with commas).
+    #[arg(long = "disable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
+    pub disable_variant_glob: Vec<String>,
+
+    /// Print the plan only: list and describe calls, nothing deleted.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Delete without asking.
+    #[arg(short = 'y', long)]
+    pub yes: bool,
+
+    /// Format of stdout: the plan (text) or `{"variants": [{"variant", "provider", "deleted", "kept", "failed"}]}`.
+    #[arg(long, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// Variants worked on at the same time. Default: all.
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+}
+
+/// Arguments of `uplosi delete`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// The version to delete (MAJOR.MINOR.PATCH).
+    pub version: String,
+
+    #[command(flatten)]
+    pub common: LifecycleArgs,
+}
+
+/// Arguments of `uplosi prune`.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// How many of the newest versions to keep.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+
+    /// Also keep what was created more recently than this: a Go duration (`720h`) or days (`30d`).
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<String>,
+
+    #[command(flatten)]
+    pub common: LifecycleArgs,
+}
+
+const SUBCOMMANDS: &[&str] = &[
+    "upload",
+    "convert",
+    "measurements",
+    "precalculate-measurements",
+    "boot-check",
+    "delete",
+    "prune",
+    "completions",
+    "help",
+];
 const ROOT_FLAGS: &[&str] = &["-h", "--help", "-V", "--version"];
 
 /// Rewrites the legacy form `uplosi [-i] IMAGE` to `uplosi upload [-i] IMAGE`.

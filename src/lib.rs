@@ -7,7 +7,8 @@
 //!   raw streams without temporary copies; [`convert`] writes one to a file;
 //! - [`measure`] precalculates the TPM PCR values of the image's UKI (`uplosi measurements`); [`boot`] boots the
 //!   image under OVMF and a software TPM and checks them (`uplosi boot-check`);
-//! - [`plan`] describes what an upload will do (the `--dry-run` output);
+//! - [`plan`] describes what an upload will do (the `--dry-run` output); [`lifecycle`] deletes and prunes old
+//!   versions (`uplosi delete`, `uplosi prune`);
 //! - [`cli`] defines the command line, and [`app`] runs it.
 
 pub mod app;
@@ -19,6 +20,7 @@ pub mod config;
 pub mod convert;
 pub mod format;
 pub mod image;
+pub mod lifecycle;
 pub mod logging;
 pub mod measure;
 pub mod plan;

@@ -7,6 +7,7 @@
 pub mod certificate;
 pub mod load;
 pub mod model;
+pub mod names;
 pub mod schema;
 pub mod template;
 pub mod validate;

@@ -300,6 +300,13 @@ pub struct VariantConfig {
     /// Where each explicitly written key came from, for error messages.
     #[serde(skip)]
     pub origins: BTreeMap<(Section, &'static str), Origin>,
+    /// The unrendered text of every template key (written or default), so `delete` and `prune` can render the
+    /// names with the version left open.
+    #[serde(skip)]
+    pub templates: BTreeMap<(Section, &'static str), String>,
+    /// The directory of the configuration, which relative paths are resolved against.
+    #[serde(skip)]
+    pub config_dir: PathBuf,
 }
 
 impl VariantConfig {
@@ -588,6 +595,14 @@ pub fn resolve(
         mode: r.string(File, "mode"),
     };
     problems.append(&mut r.problems);
+    let mut templates = BTreeMap::new();
+    for section in [Common].into_iter().chain(Section::PROVIDERS) {
+        for spec in section.keys().iter().filter(|k| k.template) {
+            if let Some(Value::String(text)) = r.value(section, spec.name) {
+                templates.insert((section, spec.name), text);
+            }
+        }
+    }
 
     match (provider, image_version) {
         // A missing name or a broken template still lets the provider checks run, so all problems show at once.
@@ -608,6 +623,8 @@ pub fn resolve(
                 openstack,
                 file,
                 origins: settings.iter().map(|(k, s)| (*k, s.origin.clone())).collect(),
+                templates,
+                config_dir: dir.to_path_buf(),
             },
             problems,
         )),

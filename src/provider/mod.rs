@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::cancel::Cancel;
 use crate::config::{Provider, VariantConfig};
 use crate::image::SourceImage;
+use crate::version::ImageVersion;
 
 /// Knobs shared by all providers.
 #[derive(Clone, Debug)]
@@ -110,5 +111,92 @@ pub async fn upload(
         Provider::File => Ok(file::upload(cfg, image, options).await?.into_iter().map(Reference::global).collect()),
         Provider::Gcp => Ok(gcp::upload(cfg, image, options).await?),
         Provider::OpenStack => Ok(openstack::upload(cfg, image, options).await?),
+    }
+}
+
+/// What a variant's uploads left in a cloud for one version: an image, with what stands behind it (an AMI's
+/// snapshots), or a leftover (an upload disk, an object), as `uplosi delete` and `uplosi prune` find it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The version read from its name.
+    pub version: ImageVersion,
+    /// The region, for providers with regions.
+    pub region: Option<String>,
+    /// What it is: `ami`, `image-version`, `image`, `disk`, `object`, `file`, `ssm-parameter`.
+    pub kind: &'static str,
+    /// The cloud's ID: AMI ID, gallery image version ID, GCE image name, Glance image ID, file path, ….
+    pub id: String,
+    /// When the cloud says it was created (a file's modification time).
+    pub created: Option<std::time::SystemTime>,
+    /// The `uplosi-name` tag (label, property) it carries, if any.
+    pub tag_name: Option<String>,
+    /// Why the cloud itself says it must stay (protected in Glance, an SSM parameter points to it).
+    pub keep: Option<String>,
+    /// What is deleted with it (kind, ID): an AMI's snapshots.
+    pub behind: Vec<(&'static str, String)>,
+    /// Left over from something already deleted (an SSM parameter pointing at a deregistered AMI): removed
+    /// whatever the version.
+    pub dangling: bool,
+}
+
+impl Stored {
+    /// An item of `kind` with ID `id` at `version`, nothing else known yet.
+    pub fn new(version: ImageVersion, kind: &'static str, id: impl Into<String>) -> Self {
+        Self {
+            version,
+            region: None,
+            kind,
+            id: id.into(),
+            created: None,
+            tag_name: None,
+            keep: None,
+            behind: Vec::new(),
+            dangling: false,
+        }
+    }
+}
+
+/// The tags (labels, properties) every image uplosi creates carries, so `delete` and `prune` can tell whose it is.
+pub fn ownership_tags(cfg: &VariantConfig) -> [(&'static str, String); 2] {
+    [(TAG_NAME, cfg.name.clone()), (TAG_VERSION, cfg.image_version.to_string())]
+}
+
+/// The tag with the variant's `name`.
+pub const TAG_NAME: &str = "uplosi-name";
+/// The tag with the image's version.
+pub const TAG_VERSION: &str = "uplosi-version";
+
+/// The key whose template names the variant's images; it must hold the whole version for `delete` and `prune` to
+/// tell versions apart. Azure's gallery image versions are the versions themselves.
+pub fn name_key(provider: Provider) -> Option<(crate::config::schema::Section, &'static str)> {
+    use crate::config::schema::Section;
+    match provider {
+        Provider::Aws => Some((Section::Aws, "amiName")),
+        Provider::Azure => None,
+        Provider::Gcp => Some((Section::Gcp, "imageName")),
+        Provider::OpenStack => Some((Section::OpenStack, "imageName")),
+        Provider::File => Some((Section::File, "path")),
+    }
+}
+
+/// Everything the variant's uploads left in its cloud, at any version (list and describe calls only).
+pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<Stored>, ProviderError> {
+    match cfg.provider {
+        Provider::File => Ok(file::list_stored(cfg)?),
+        other => Err(ProviderError::File(file::FileError::Config(format!(
+            "listing images is not available for provider {} in this build",
+            other.as_str()
+        )))),
+    }
+}
+
+/// Deletes `item` and what stands behind it; something already gone counts as deleted.
+pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), ProviderError> {
+    match cfg.provider {
+        Provider::File => Ok(file::delete_stored(item)?),
+        other => Err(ProviderError::File(file::FileError::Config(format!(
+            "deleting images is not available for provider {} in this build",
+            other.as_str()
+        )))),
     }
 }

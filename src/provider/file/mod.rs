@@ -52,6 +52,16 @@ pub enum FileError {
         /// The cause.
         source: ConvertError,
     },
+    /// Listing or deleting exported files failed.
+    #[error("{what} {}: {source}", path.display())]
+    Lifecycle {
+        /// What was being done.
+        what: &'static str,
+        /// The file or pattern.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
     /// The conversion thread died.
     #[error("the conversion of {} stopped unexpectedly: {message}", path.display())]
     Join {
@@ -163,4 +173,41 @@ pub async fn upload(
         report.elapsed.as_secs_f64()
     );
     Ok(vec![path.display().to_string()])
+}
+
+/// The files `path` gives at any version, with their modification times.
+pub fn list_stored(cfg: &VariantConfig) -> Result<Vec<crate::provider::Stored>, FileError> {
+    use crate::config::names::NamePattern;
+    let template = cfg.templates.get(&(crate::config::schema::Section::File, "path")).cloned().unwrap_or_default();
+    // Absolute, as `path` is resolved for the export itself (and as glob returns it).
+    let joined = cfg.config_dir.join(&template);
+    let absolute = std::path::absolute(&joined).unwrap_or(joined);
+    let pattern = NamePattern::new(&absolute.to_string_lossy(), &cfg.name)
+        .ok_or_else(|| FileError::Config(format!("`file.path` = {template:?} does not contain the whole version")))?;
+    let lifecycle = |path: &Path, source| FileError::Lifecycle { what: "listing", path: path.to_path_buf(), source };
+    // The name with `*` for the version, everything else matched literally.
+    let glob = glob::glob(&glob::Pattern::escape(pattern.glob()).replace("[*]", "*"))
+        .map_err(|e| lifecycle(&absolute, std::io::Error::other(e.to_string())))?;
+    let mut found = Vec::new();
+    for entry in glob {
+        let path = entry.map_err(|e| lifecycle(&absolute, std::io::Error::other(e.to_string())))?;
+        let Some(version) = pattern.version_of(&path.to_string_lossy()) else { continue };
+        let meta = std::fs::symlink_metadata(&path).map_err(|source| lifecycle(&path, source))?;
+        if !meta.is_file() {
+            continue;
+        }
+        let mut item = crate::provider::Stored::new(version, "file", path.display().to_string());
+        item.created = meta.modified().ok();
+        found.push(item);
+    }
+    Ok(found)
+}
+
+/// Deletes an exported file; one already gone counts as deleted.
+pub fn delete_stored(item: &crate::provider::Stored) -> Result<(), FileError> {
+    match std::fs::remove_file(&item.id) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(FileError::Lifecycle { what: "deleting", path: PathBuf::from(&item.id), source }),
+    }
 }

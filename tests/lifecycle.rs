@@ -1,0 +1,169 @@
+//! `uplosi delete` and `uplosi prune` on every provider, against the same real services the uploads use: files on
+//! disk, moto (AWS), glance-api (OpenStack), Azurite with the ARM fake (Azure), fake-gcs-server with the GCE fake
+//! (GCP).
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use support::Workspace;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A `file` variant exporting `out/podvm-VERSION.raw`, at version 1.0.5.
+fn file_workspace() -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"file\"\nimageVersionFile = \"version.txt\"\n\n[base.file]\npath = \"out/podvm-{{.Version}}.raw\"\n",
+    )
+    .write("version.txt", "1.0.5\n");
+    let day = Duration::from_secs(86_400);
+    for patch in 0..=5u64 {
+        let path = ws.path().join(format!("out/podvm-1.0.{patch}.raw"));
+        ws.write(&format!("out/podvm-1.0.{patch}.raw"), "image");
+        // 1.0.0 is 50 days old, each later version 5 days younger.
+        let age = day * (50 - 5 * patch as u32);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now() - age))
+            .expect("mtime");
+    }
+    for foreign in ["out/podvm-latest.raw", "out/podvm-1.0.raw", "out/other-1.0.1.raw", "out/podvm-1.0.1.raw.sha256"] {
+        ws.write(foreign, "not ours");
+    }
+    ws
+}
+
+fn files(ws: &Workspace) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(ws.path().join("out"))
+        .expect("out")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn run(ws: &Workspace, args: &[&str]) -> std::process::Output {
+    ws.uplosi().args(args).output().expect("run")
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&out.stdout), text(&out.stderr)))
+}
+
+fn versions(list: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> =
+        list.as_array().into_iter().flatten().filter_map(|e| e["version"].as_str().map(String::from)).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[test]
+fn prune_plans_asks_and_deletes_only_the_variants_old_files() {
+    let ws = file_workspace();
+    let before = files(&ws);
+
+    let dry = run(&ws, &["prune", "--keep", "2", "--dry-run", "--output", "json"]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let plan = json(&dry);
+    let variant = &plan["variants"][0];
+    assert_eq!(variant["provider"], "file");
+    assert_eq!(versions(&variant["deleted"]), ["1.0.0", "1.0.1", "1.0.2", "1.0.3"], "{plan}");
+    assert_eq!(variant["deleted"][0]["kind"], "file");
+    assert!(variant["deleted"][0]["id"].as_str().unwrap_or_default().ends_with("out/podvm-1.0.0.raw"), "{plan}");
+    let kept = variant["kept"].as_array().expect("kept");
+    assert!(kept.iter().any(|k| k["version"] == "1.0.5" && k["reason"] == "current version"), "{plan}");
+    assert!(kept.iter().any(|k| k["version"] == "1.0.4" && k["reason"] == "newest 2"), "{plan}");
+    assert_eq!(variant["failed"], serde_json::json!([]));
+    assert_eq!(files(&ws), before, "a dry run deletes nothing");
+    assert!(text(&dry.stderr).contains("would delete 1.0.0 file"), "the plan is shown: {}", text(&dry.stderr));
+
+    let refused = run(&ws, &["prune", "--keep", "2"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("pass --yes or --dry-run"), "{}", text(&refused.stderr));
+    assert!(text(&refused.stdout).contains("delete 1.0.0 file"), "the plan comes first: {}", text(&refused.stdout));
+    assert_eq!(files(&ws), before, "nothing deleted without --yes");
+
+    let young = run(&ws, &["prune", "--keep", "1", "--older-than", "36d", "--dry-run", "--output", "json"]);
+    let plan = json(&young);
+    assert_eq!(versions(&plan["variants"][0]["deleted"]), ["1.0.0", "1.0.1", "1.0.2"], "{plan}");
+    assert!(
+        plan["variants"][0]["kept"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k["version"] == "1.0.3" && k["reason"] == "younger than 36d"),
+        "{plan}"
+    );
+
+    let done = run(&ws, &["prune", "--keep", "2", "--yes", "--output", "json"]);
+    assert!(done.status.success(), "{}", text(&done.stderr));
+    assert_eq!(versions(&json(&done)["variants"][0]["deleted"]), ["1.0.0", "1.0.1", "1.0.2", "1.0.3"]);
+    assert_eq!(
+        files(&ws),
+        [
+            "other-1.0.1.raw",
+            "podvm-1.0.1.raw.sha256",
+            "podvm-1.0.4.raw",
+            "podvm-1.0.5.raw",
+            "podvm-1.0.raw",
+            "podvm-latest.raw"
+        ],
+        "only the variant's old exports go"
+    );
+    let again = run(&ws, &["prune", "--keep", "2", "--yes", "--output", "json"]);
+    assert!(
+        again.status.success() && json(&again)["variants"][0]["deleted"] == serde_json::json!([]),
+        "nothing left to do"
+    );
+}
+
+#[test]
+fn delete_takes_one_version_and_never_the_current_one() {
+    let ws = file_workspace();
+    let out = run(&ws, &["delete", "1.0.4", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!files(&ws).contains(&"podvm-1.0.4.raw".to_string()));
+    assert!(files(&ws).contains(&"podvm-1.0.3.raw".to_string()));
+
+    let current = run(&ws, &["delete", "1.0.5", "--yes", "--output", "json"]);
+    assert!(current.status.success(), "{}", text(&current.stderr));
+    let variant = &json(&current)["variants"][0];
+    assert_eq!(variant["deleted"], serde_json::json!([]));
+    assert_eq!(variant["kept"][0]["reason"], "current version");
+    assert!(files(&ws).contains(&"podvm-1.0.5.raw".to_string()));
+
+    let bad = run(&ws, &["delete", "1.0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("MAJOR.MINOR.PATCH"), "{}", text(&bad.stderr));
+}
+
+#[test]
+fn a_name_template_without_the_version_is_refused_naming_the_key() {
+    let ws = Workspace::new();
+    ws.write("uplosi.conf", "[base]\nname = \"podvm\"\nprovider = \"file\"\n\n[base.file]\npath = \"out/podvm.raw\"\n");
+    for args in [&["prune", "--keep", "1", "--dry-run"][..], &["delete", "1.0.0", "--yes"][..]] {
+        let out = run(&ws, args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("`file.path` = \"out/podvm.raw\" does not contain the whole version"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    let ws = file_workspace();
+    for (args, message) in [
+        (&["prune", "--keep", "0"][..], "--keep"),
+        (&["prune", "--keep", "2", "--older-than", "soon"][..], "--older-than \"soon\""),
+    ] {
+        let out = run(&ws, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(text(&out.stderr).contains(message), "{args:?}: {}", text(&out.stderr));
+    }
+}

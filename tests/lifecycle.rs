@@ -167,3 +167,86 @@ fn a_name_template_without_the_version_is_refused_naming_the_key() {
         assert!(text(&out.stderr).contains(message), "{args:?}: {}", text(&out.stderr));
     }
 }
+
+/// `uplosi` in `ws` for the OpenStack test: clouds.yaml for glance-api without auth.
+fn openstack_uplosi(ws: &Workspace, glance: &support::glance::Glance) -> std::process::Command {
+    ws.write(
+        "clouds.yaml",
+        &format!("clouds:\n  test:\n    auth_type: none\n    image_endpoint_override: {}/v2\n", glance.url),
+    );
+    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+    cmd.current_dir(ws.path())
+        .env("OS_CLIENT_CONFIG_FILE", ws.path().join("clouds.yaml"))
+        .env("HOME", ws.path())
+        .env_remove("OS_CLOUD")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+#[test]
+fn glance_prune_keeps_protected_and_foreign_images_and_a_dry_run_writes_nothing() {
+    let glance = support::glance::Glance::start();
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"openstack\"\nimageVersionFile = \"version.txt\"\n\n[base.openstack]\ncloud = \"test\"\ndiskFormat = \"raw\"\n",
+    );
+    std::fs::File::create(ws.image()).and_then(|f| f.set_len(1 << 20)).expect("image");
+    for patch in 0..=3 {
+        ws.write("version.txt", &format!("1.0.{patch}\n"));
+        let out = openstack_uplosi(&ws, &glance).args(["upload", "system.raw"]).output().expect("upload");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    let images = glance.images().expect("images");
+    let id_of = |name: &str| {
+        images.iter().find(|i| i["name"] == name).map(|i| i["id"].as_str().unwrap_or_default().to_string())
+    };
+    let first = id_of("podvm-1.0.0").expect("podvm-1.0.0");
+    assert_eq!(glance.image(&first)["uplosi-name"], "podvm", "uploads carry their name");
+    assert_eq!(glance.image(&first)["uplosi-version"], "1.0.0", "and their version");
+    glance.patch(&first, r#"[{"op": "replace", "path": "/protected", "value": true}]"#);
+    let foreign = glance.create(
+        r#"{"name": "podvm-0.9.0", "disk_format": "raw", "container_format": "bare", "uplosi-name": "someone-else"}"#,
+    );
+    glance.create(r#"{"name": "podvm-latest", "disk_format": "raw", "container_format": "bare"}"#);
+
+    let log_before = glance.log().len();
+    let dry = openstack_uplosi(&ws, &glance)
+        .args(["delete", "1.0.1", "--dry-run", "--output", "json"])
+        .output()
+        .expect("run");
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert_eq!(versions(&json(&dry)["variants"][0]["deleted"]), ["1.0.1"]);
+    let during = &glance.log()[log_before..];
+    assert!(
+        !during.contains("\"DELETE ") && !during.contains("\"PATCH ") && !during.contains("\"POST "),
+        "a dry run sends no write request: {during}"
+    );
+    assert_eq!(glance.images().expect("images").len(), images.len() + 2);
+
+    let out = openstack_uplosi(&ws, &glance)
+        .args(["prune", "--keep", "1", "--yes", "--output", "json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let variant = &json(&out)["variants"][0];
+    assert_eq!(versions(&variant["deleted"]), ["1.0.1", "1.0.2"], "{variant}");
+    assert!(
+        glance.log()[log_before..].contains("\"DELETE /v2/images/"),
+        "the log shows write requests (so the dry-run check above means something)"
+    );
+    let kept = variant["kept"].as_array().expect("kept");
+    let reason = |version: &str| kept.iter().find(|k| k["version"] == version).map(|k| k["reason"].clone());
+    assert_eq!(reason("1.0.0"), Some("protected in Glance".into()), "{variant}");
+    assert_eq!(reason("1.0.3"), Some("current version".into()), "{variant}");
+    assert_eq!(reason("0.9.0"), Some("tag says another name (\"someone-else\")".into()), "{variant}");
+    let left: Vec<String> =
+        glance.images().expect("images").iter().map(|i| i["name"].as_str().unwrap_or_default().to_string()).collect();
+    for name in ["podvm-1.0.0", "podvm-1.0.3", "podvm-0.9.0", "podvm-latest"] {
+        assert!(left.contains(&name.to_string()), "{name} stays: {left:?}");
+    }
+    for name in ["podvm-1.0.1", "podvm-1.0.2"] {
+        assert!(!left.contains(&name.to_string()), "{name} is gone: {left:?}");
+    }
+    assert_eq!(glance.image(foreign["id"].as_str().unwrap_or_default())["name"], "podvm-0.9.0");
+}

@@ -156,6 +156,11 @@ impl Stored {
     }
 }
 
+/// An RFC 3339 timestamp as the clouds write creation times (`2024-05-03T04:05:06.123Z`, `…-07:00`).
+pub fn parse_timestamp(text: &str) -> Option<std::time::SystemTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok().map(Into::into)
+}
+
 /// The tags (labels, properties) every image uplosi creates carries, so `delete` and `prune` can tell whose it is.
 pub fn ownership_tags(cfg: &VariantConfig) -> [(&'static str, String); 2] {
     [(TAG_NAME, cfg.name.clone()), (TAG_VERSION, cfg.image_version.to_string())]
@@ -183,6 +188,7 @@ pub fn name_key(provider: Provider) -> Option<(crate::config::schema::Section, &
 pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<Stored>, ProviderError> {
     match cfg.provider {
         Provider::File => Ok(file::list_stored(cfg)?),
+        Provider::OpenStack => Ok(openstack::list_stored(cfg).await?),
         other => Err(ProviderError::File(file::FileError::Config(format!(
             "listing images is not available for provider {} in this build",
             other.as_str()
@@ -194,6 +200,7 @@ pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<Stored>, ProviderErr
 pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), ProviderError> {
     match cfg.provider {
         Provider::File => Ok(file::delete_stored(item)?),
+        Provider::OpenStack => Ok(openstack::delete_stored(cfg, item).await?),
         other => Err(ProviderError::File(file::FileError::Config(format!(
             "deleting images is not available for provider {} in this build",
             other.as_str()

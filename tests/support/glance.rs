@@ -147,6 +147,22 @@ impl Glance {
         .expect("patch");
     }
 
+    /// Creates an image record from `body` (JSON); returns it.
+    pub fn create(&self, body: &str) -> serde_json::Value {
+        let out = curl(&[
+            "-fsS",
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            &format!("{}/v2/images", self.url),
+        ])
+        .expect("create image");
+        serde_json::from_slice(&out).expect("image JSON")
+    }
+
     /// Files in the store (data of images, complete or partial).
     pub fn stored_files(&self) -> usize {
         std::fs::read_dir(self.dir.path().join("images")).map(|d| d.count()).unwrap_or(0)

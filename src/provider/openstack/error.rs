@@ -190,6 +190,9 @@ pub enum OpenStackError {
     /// The user interrupted the run.
     #[error("interrupted")]
     Interrupted,
+    /// The configuration cannot name the variant's images at any version.
+    #[error("{0}")]
+    Lifecycle(String),
 }
 
 impl OpenStackError {

@@ -38,6 +38,12 @@ pub struct ImageRecord {
     /// Bytes stored.
     #[serde(default)]
     pub size: Option<u64>,
+    /// When it was created (RFC 3339).
+    #[serde(default)]
+    pub created_at: Option<String>,
+    /// The `uplosi-name` property of images uplosi created.
+    #[serde(default, rename = "uplosi-name")]
+    pub uplosi_name: Option<String>,
 }
 
 /// A Glance v2 endpoint with its token.
@@ -108,16 +114,35 @@ impl Glance {
 
     /// The images named `name` (hidden ones included), of project `owner` if given.
     pub async fn images_named(&self, name: &str, owner: Option<&str>) -> Result<Vec<ImageRecord>, OpenStackError> {
+        let what = format!("listing Glance images named \"{name}\"");
+        let mut found = self.list(&what, Some(name), owner).await?;
+        found.retain(|i| i.name.as_deref() == Some(name));
+        Ok(found)
+    }
+
+    /// Every image (hidden ones included) of project `owner` if given, else every image the token sees.
+    pub async fn images(&self, owner: Option<&str>) -> Result<Vec<ImageRecord>, OpenStackError> {
+        self.list("listing Glance images", None, owner).await
+    }
+
+    async fn list(
+        &self,
+        what: &str,
+        name: Option<&str>,
+        owner: Option<&str>,
+    ) -> Result<Vec<ImageRecord>, OpenStackError> {
         #[derive(Deserialize)]
         struct Page {
             images: Vec<ImageRecord>,
             next: Option<String>,
         }
-        let what = format!("listing Glance images named \"{name}\"");
         let mut found = Vec::new();
         // Listings leave hidden images out unless asked for them alone, so both kinds are listed.
         for hidden in ["false", "true"] {
-            let mut query = vec![("name", name.to_string()), ("os_hidden", hidden.to_string())];
+            let mut query = vec![("os_hidden", hidden.to_string())];
+            if let Some(name) = name {
+                query.push(("name", name.to_string()));
+            }
             if let Some(owner) = owner {
                 query.push(("owner", owner.to_string()));
             }
@@ -128,7 +153,7 @@ impl Glance {
                     page_query.push(("marker", m.clone()));
                 }
                 let page: Page =
-                    self.call_json(&what, || self.request(reqwest::Method::GET, "/images").query(&page_query)).await?;
+                    self.call_json(what, || self.request(reqwest::Method::GET, "/images").query(&page_query)).await?;
                 let last = page.images.last().map(|i| i.id.clone());
                 found.extend(page.images);
                 match (page.next, last) {
@@ -137,7 +162,6 @@ impl Glance {
                 }
             }
         }
-        found.retain(|i| i.name.as_deref() == Some(name));
         found.dedup_by(|a, b| a.id == b.id);
         Ok(found)
     }

@@ -99,8 +99,10 @@ pub async fn preflight(cfg: &VariantConfig) -> Result<(), OpenStackError> {
 }
 
 /// The `POST /v2/images` body. The record starts private and unprotected; visibility and protection are set once
-/// the data is in, so a half-uploaded image is never visible to others and can always be deleted.
-fn create_body(o: &OpenStackConfig) -> Value {
+/// the data is in, so a half-uploaded image is never visible to others and can always be deleted. It carries the
+/// `uplosi-name` and `uplosi-version` properties, by which `delete` and `prune` tell whose it is.
+fn create_body(cfg: &VariantConfig) -> Value {
+    let o = &cfg.openstack;
     let mut body = json!({
         "name": o.image_name,
         "disk_format": o.disk_format,
@@ -116,7 +118,36 @@ fn create_body(o: &OpenStackConfig) -> Value {
     for (key, value) in &o.properties {
         body[key] = Value::String(value.clone());
     }
+    for (key, value) in crate::provider::ownership_tags(cfg) {
+        body[key] = Value::String(value);
+    }
     body
+}
+
+/// The images of the variant in Glance at any version (`uplosi delete`, `uplosi prune`).
+pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<crate::provider::Stored>, OpenStackError> {
+    use crate::config::names::NamePattern;
+    let pattern = NamePattern::of(cfg, crate::config::schema::Section::OpenStack, "imageName")
+        .map_err(|e| OpenStackError::Lifecycle(e.to_string()))?;
+    let target = connect(cfg).await?;
+    let images = target.glance.images(target.project_id.as_deref()).await?;
+    Ok(images
+        .into_iter()
+        .filter_map(|record| {
+            let version = pattern.version_of(record.name.as_deref()?)?;
+            let mut item = crate::provider::Stored::new(version, "image", record.id);
+            item.region = target.cloud.region_name.clone();
+            item.created = record.created_at.as_deref().and_then(crate::provider::parse_timestamp);
+            item.tag_name = record.uplosi_name;
+            item.keep = record.protected.then(|| "protected in Glance".to_string());
+            Some(item)
+        })
+        .collect())
+}
+
+/// Deletes a Glance image; one already gone counts as deleted.
+pub async fn delete_stored(cfg: &VariantConfig, item: &crate::provider::Stored) -> Result<(), OpenStackError> {
+    connect(cfg).await?.glance.delete(&item.id).await
 }
 
 /// The image as the configured disk format, laid out for streaming.
@@ -181,7 +212,7 @@ pub async fn upload(
         tracing::info!("openstack: deleting the existing image \"{}\" ({}, {})", o.image_name, old.id, old.status);
         target.glance.delete(&old.id).await?;
     }
-    let record = target.glance.create(&create_body(o)).await?;
+    let record = target.glance.create(&create_body(cfg)).await?;
     tracing::info!(
         "openstack: created image \"{}\" ({}) in cloud \"{}\"; sending {} bytes of {}",
         o.image_name,

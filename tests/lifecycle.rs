@@ -250,3 +250,150 @@ fn glance_prune_keeps_protected_and_foreign_images_and_a_dry_run_writes_nothing(
     }
     assert_eq!(glance.image(foreign["id"].as_str().unwrap_or_default())["name"], "podvm-0.9.0");
 }
+
+fn aws_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// (name, AMI ID) of every AMI of the account in `region`.
+async fn amis(endpoint: &str, region: &str) -> Vec<(String, String)> {
+    let conf = support::moto::sdk_config(endpoint, region).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let out = ec2.describe_images().owners("self").send().await.expect("DescribeImages");
+    let mut found: Vec<(String, String)> = out
+        .images()
+        .iter()
+        .map(|i| (i.name().unwrap_or_default().to_string(), i.image_id().unwrap_or_default().to_string()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// The IDs of the account's snapshots in `region` tagged `uplosi-version` = `version`.
+async fn snapshots_of(endpoint: &str, region: &str, version: &str) -> Vec<String> {
+    let conf = support::moto::sdk_config(endpoint, region).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let filter = aws_sdk_ec2::types::Filter::builder().name("tag:uplosi-version").values(version).build();
+    let out = ec2.describe_snapshots().owner_ids("self").filters(filter).send().await.expect("DescribeSnapshots");
+    out.snapshots().iter().filter_map(|s| s.snapshot_id().map(String::from)).collect()
+}
+
+/// Registers an AMI named `name` in `region` from a fresh snapshot, as someone else's tooling would.
+async fn register_foreign(endpoint: &str, region: &str, name: &str) -> String {
+    let conf = support::moto::sdk_config(endpoint, region).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let volume = ec2.create_volume().availability_zone(format!("{region}a")).size(1).send().await.expect("volume");
+    let snapshot =
+        ec2.create_snapshot().volume_id(volume.volume_id().unwrap_or_default()).send().await.expect("snapshot");
+    let mapping = aws_sdk_ec2::types::BlockDeviceMapping::builder()
+        .device_name("/dev/xvda")
+        .ebs(
+            aws_sdk_ec2::types::EbsBlockDevice::builder()
+                .snapshot_id(snapshot.snapshot_id().unwrap_or_default())
+                .build(),
+        )
+        .build();
+    let image = ec2
+        .register_image()
+        .name(name)
+        .root_device_name("/dev/xvda")
+        .block_device_mappings(mapping)
+        .send()
+        .await
+        .expect("RegisterImage");
+    image.image_id().unwrap_or_default().to_string()
+}
+
+#[test]
+fn aws_prune_keeps_the_newest_in_every_region_with_their_snapshots_and_nothing_foreign() {
+    let server = support::moto::start();
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"aws\"\nimageVersionFile = \"version.txt\"\n\n[base.aws]\nregion = \"us-east-1\"\nreplicationRegions = [\"eu-west-1\"]\nssmParameter = \"/podvm/pinned\"\n",
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let image = std::fs::File::options().write(true).open(ws.image()).expect("image");
+        image.write_all_at(&[7u8; 4096], 0).expect("data");
+    }
+    let aws = |args: &[&str]| support::moto::uplosi_command(ws.path(), &server.url).args(args).output().expect("run");
+    for patch in 0..=5 {
+        ws.write("version.txt", &format!("1.0.{patch}\n"));
+        let out = aws(&["upload", "system.raw"]);
+        assert!(out.status.success(), "1.0.{patch}: {}", text(&out.stderr));
+    }
+    let rt = aws_runtime();
+    let foreign: Vec<String> = rt.block_on(async {
+        let mut ids = Vec::new();
+        for region in ["us-east-1", "eu-west-1"] {
+            ids.push(register_foreign(&server.url, region, "other-1.0.0").await);
+            ids.push(register_foreign(&server.url, region, "podvm-1.0").await);
+        }
+        ids
+    });
+    // The SSM parameter pins 1.0.1 in us-east-1.
+    let pinned = rt.block_on(async {
+        let ami = amis(&server.url, "us-east-1").await.into_iter().find(|(n, _)| n == "podvm-1.0.1").expect("1.0.1").1;
+        let conf = support::moto::sdk_config(&server.url, "us-east-1").await;
+        aws_sdk_ssm::Client::new(&conf)
+            .put_parameter()
+            .name("/podvm/pinned")
+            .value(&ami)
+            .r#type(aws_sdk_ssm::types::ParameterType::String)
+            .overwrite(true)
+            .send()
+            .await
+            .expect("PutParameter");
+        ami
+    });
+    assert!(!rt.block_on(snapshots_of(&server.url, "us-east-1", "1.0.0")).is_empty(), "uploads tag their snapshots");
+
+    let out = aws(&["prune", "--keep", "2", "--yes", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = json(&out);
+    let variant = &report["variants"][0];
+    assert_eq!(versions(&variant["deleted"]), ["1.0.0", "1.0.1", "1.0.2", "1.0.3"], "{report}");
+    let deleted = variant["deleted"].as_array().expect("deleted");
+    assert!(deleted.iter().any(|d| d["kind"] == "snapshot"), "the snapshots are listed: {report}");
+    assert!(!deleted.iter().any(|d| d["id"] == pinned.as_str()), "the AMI the SSM parameter points to stays: {report}");
+    assert!(
+        variant["kept"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k["id"] == pinned.as_str() && k["reason"] == "SSM parameter /podvm/pinned points to it"),
+        "{report}"
+    );
+
+    rt.block_on(async {
+        for region in ["us-east-1", "eu-west-1"] {
+            let names: Vec<String> = amis(&server.url, region).await.into_iter().map(|(n, _)| n).collect();
+            let mut expected: Vec<&str> = vec!["other-1.0.0", "podvm-1.0", "podvm-1.0.4", "podvm-1.0.5"];
+            if region == "us-east-1" {
+                expected.push("podvm-1.0.1");
+            }
+            expected.sort();
+            assert_eq!(names, expected, "{region}");
+            for gone in ["1.0.0", "1.0.2", "1.0.3"] {
+                assert!(
+                    snapshots_of(&server.url, region, gone).await.is_empty(),
+                    "{region}: snapshots of {gone} are gone"
+                );
+            }
+            assert!(!snapshots_of(&server.url, region, "1.0.5").await.is_empty(), "{region}: 1.0.5 keeps its snapshot");
+        }
+        let left: Vec<String> = [amis(&server.url, "us-east-1").await, amis(&server.url, "eu-west-1").await]
+            .concat()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        for id in &foreign {
+            assert!(left.contains(id), "foreign AMI {id} stays");
+        }
+    });
+
+    let again = aws(&["prune", "--keep", "2", "--yes", "--output", "json"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert_eq!(json(&again)["variants"][0]["deleted"], serde_json::json!([]), "a second run has nothing left to do");
+}

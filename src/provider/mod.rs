@@ -189,6 +189,7 @@ pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<Stored>, ProviderErr
     match cfg.provider {
         Provider::File => Ok(file::list_stored(cfg)?),
         Provider::OpenStack => Ok(openstack::list_stored(cfg).await?),
+        Provider::Aws => Ok(aws::lifecycle::list_stored(cfg).await?),
         other => Err(ProviderError::File(file::FileError::Config(format!(
             "listing images is not available for provider {} in this build",
             other.as_str()
@@ -201,6 +202,7 @@ pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), Pro
     match cfg.provider {
         Provider::File => Ok(file::delete_stored(item)?),
         Provider::OpenStack => Ok(openstack::delete_stored(cfg, item).await?),
+        Provider::Aws => Ok(aws::lifecycle::delete_stored(cfg, item).await?),
         other => Err(ProviderError::File(file::FileError::Config(format!(
             "deleting images is not available for provider {} in this build",
             other.as_str()

@@ -50,6 +50,9 @@ pub enum AwsError {
         /// What happened.
         what: String,
     },
+    /// The configuration cannot name the variant's images at any version.
+    #[error("{0}")]
+    Lifecycle(String),
     /// StartSnapshot answered a block size uplosi cannot write in.
     #[error(
         "AWS {region}: StartSnapshot answered BlockSize {size} for snapshot {snapshot}; uplosi writes EBS snapshots \
@@ -132,7 +135,11 @@ pub fn is_access_denied<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
 /// Whether the error says the resource does not exist.
 pub fn is_not_found<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     let code = err.code().unwrap_or_default();
-    code.contains("NotFound") || code == "NoSuchKey" || code == "NoSuchBucket" || code == "NoSuchUpload"
+    code.contains("NotFound")
+        || code == "InvalidAMIID.Unavailable"
+        || code == "NoSuchKey"
+        || code == "NoSuchBucket"
+        || code == "NoSuchUpload"
 }
 
 /// Builds an [`AwsError::Call`].

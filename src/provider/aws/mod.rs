@@ -8,6 +8,7 @@ pub mod ami;
 pub mod ebs;
 pub mod error;
 pub mod import;
+pub mod lifecycle;
 pub mod snapshot;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -43,11 +44,11 @@ pub fn ami_arn(region: &str, account: &str, ami: &str) -> String {
 
 /// The shared SDK configuration: standard credential chain and endpoint overrides (AWS_ENDPOINT_URL), region set
 /// per client.
-async fn sdk_config(region: &str) -> SdkConfig {
+pub(crate) async fn sdk_config(region: &str) -> SdkConfig {
     aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region.to_string())).load().await
 }
 
-fn in_region(base: &SdkConfig, region: &str) -> SdkConfig {
+pub(crate) fn in_region(base: &SdkConfig, region: &str) -> SdkConfig {
     base.to_builder().region(Region::new(region.to_string())).build()
 }
 
@@ -166,9 +167,19 @@ async fn replace_existing(base: &SdkConfig, regions: &[String], cfg: &VariantCon
     Ok(())
 }
 
+/// The tags of AMIs and snapshots: `Name`, the configured ones, and `uplosi-name`/`uplosi-version`, by which
+/// `delete` and `prune` tell whose they are.
 fn tags(cfg: &VariantConfig, name: &str) -> Vec<(String, String)> {
+    let ours = crate::provider::ownership_tags(cfg);
     let mut tags = vec![("Name".to_string(), name.to_string())];
-    tags.extend(cfg.aws.tags.iter().filter(|(k, _)| k.as_str() != "Name").map(|(k, v)| (k.clone(), v.clone())));
+    tags.extend(
+        cfg.aws
+            .tags
+            .iter()
+            .filter(|(k, _)| k.as_str() != "Name" && !ours.iter().any(|(o, _)| o == k))
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
+    tags.extend(ours.into_iter().map(|(k, v)| (k.to_string(), v)));
     tags
 }
 

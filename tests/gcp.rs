@@ -103,7 +103,11 @@ storageLocations = ["eu"]"#;
     assert_eq!(image["architecture"], "ARM64");
     assert_eq!(image["description"], "podvm image");
     assert_eq!(image["storageLocations"], serde_json::json!(["eu"]));
-    assert_eq!(image["labels"], serde_json::json!({"team": "podvm", "release": "stable"}));
+    assert_eq!(
+        image["labels"],
+        serde_json::json!({"team": "podvm", "release": "stable", "uplosi-name": "podvm", "uplosi-version": "1-2-3"}),
+        "the configured labels and uplosi's own"
+    );
     let features: Vec<&str> =
         image["guestOsFeatures"].as_array().expect("features").iter().filter_map(|f| f["type"].as_str()).collect();
     assert_eq!(features, ["GVNIC", "SEV_SNP_CAPABLE", "TDX_CAPABLE", "UEFI_COMPATIBLE"]);

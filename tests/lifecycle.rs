@@ -397,3 +397,59 @@ fn aws_prune_keeps_the_newest_in_every_region_with_their_snapshots_and_nothing_f
     assert!(again.status.success(), "{}", text(&again.stderr));
     assert_eq!(json(&again)["variants"][0]["deleted"], serde_json::json!([]), "a second run has nothing left to do");
 }
+
+#[test]
+fn gcp_prune_deletes_old_images_and_leftover_objects_of_the_variant_only() {
+    let gcp = support::gcp::Gcp::start(support::gcp::Options {
+        seed_images: vec![("podvm-0-9-0", "podvm"), ("other-1-0-0", "other"), ("podvm-latest", "podvm")],
+        ..Default::default()
+    });
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        &format!(
+            "[base]\nname = \"podvm\"\nprovider = \"gcp\"\nimageVersionFile = \"version.txt\"\n\n[base.gcp]\n{}",
+            gcp.config("podvm-uploads")
+        ),
+    );
+    {
+        use std::os::unix::fs::FileExt;
+        let image = std::fs::File::options().write(true).open(ws.image()).expect("image");
+        image.write_all_at(&[7u8; 4096], 0).expect("data");
+    }
+    let uplosi = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+        gcp.std_env(&mut cmd).current_dir(ws.path()).env_remove("RUST_LOG").args(args).output().expect("run")
+    };
+    for patch in 0..=3 {
+        ws.write("version.txt", &format!("1.0.{patch}\n"));
+        let out = uplosi(&["upload", "system.raw"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    gcp.put_object("podvm-uploads", "podvm-1-0-1.tar.gz", b"a leftover of a killed upload");
+    gcp.put_object("podvm-uploads", "unrelated.tar.gz", b"someone else's");
+
+    let before = gcp.requests().len();
+    let dry = uplosi(&["prune", "--keep", "2", "--dry-run", "--output", "json"]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert!(gcp.requests()[before..].iter().all(|r| r["method"] == "GET"), "a dry run only reads");
+
+    let out = uplosi(&["prune", "--keep", "2", "--yes", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = json(&out);
+    let variant = &report["variants"][0];
+    assert_eq!(versions(&variant["deleted"]), ["0.9.0", "1.0.0", "1.0.1"], "{report}");
+    assert!(
+        variant["deleted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["kind"] == "object" && d["id"] == "gs://podvm-uploads/podvm-1-0-1.tar.gz"),
+        "{report}"
+    );
+    let mut images: Vec<String> = gcp.images().keys().cloned().collect();
+    images.sort();
+    assert_eq!(images, ["other-1-0-0", "podvm-1-0-2", "podvm-1-0-3", "podvm-latest"]);
+    assert_eq!(gcp.objects("podvm-uploads"), ["unrelated.tar.gz"]);
+    assert_eq!(gcp.images()["podvm-1-0-2"]["labels"]["uplosi-version"], "1-0-2");
+}

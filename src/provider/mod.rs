@@ -190,6 +190,7 @@ pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<Stored>, ProviderErr
         Provider::File => Ok(file::list_stored(cfg)?),
         Provider::OpenStack => Ok(openstack::list_stored(cfg).await?),
         Provider::Aws => Ok(aws::lifecycle::list_stored(cfg).await?),
+        Provider::Gcp => Ok(gcp::list_stored(cfg).await?),
         other => Err(ProviderError::File(file::FileError::Config(format!(
             "listing images is not available for provider {} in this build",
             other.as_str()
@@ -203,6 +204,7 @@ pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), Pro
         Provider::File => Ok(file::delete_stored(item)?),
         Provider::OpenStack => Ok(openstack::delete_stored(cfg, item).await?),
         Provider::Aws => Ok(aws::lifecycle::delete_stored(cfg, item).await?),
+        Provider::Gcp => Ok(gcp::delete_stored(cfg, item).await?),
         other => Err(ProviderError::File(file::FileError::Config(format!(
             "deleting images is not available for provider {} in this build",
             other.as_str()

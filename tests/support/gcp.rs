@@ -233,6 +233,20 @@ impl Gcp {
             .unwrap_or_default()
     }
 
+    /// Puts an object `name` with `data` into `bucket` (straight into fake-gcs-server).
+    pub fn put_object(&self, bucket: &str, name: &str, data: &[u8]) {
+        let mut child = Command::new("curl")
+            .args(["-sf", "-X", "POST", "--data-binary", "@-", "-H", "Content-Type: application/octet-stream"])
+            .arg(format!("{}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}", self.gcs_url))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("curl");
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(data).expect("write");
+        assert!(child.wait().expect("curl").success(), "putting gs://{bucket}/{name}");
+    }
+
     /// The bucket's metadata, if it exists.
     pub fn bucket(&self, bucket: &str) -> Option<serde_json::Value> {
         let out = Command::new("curl")

@@ -15,7 +15,6 @@ use google_cloud_gax::retry_policy::NeverRetry;
 
 use super::error::{GcpError, verdict};
 use crate::cancel::Cancel;
-use crate::config::GcpConfig;
 use crate::transfer::{RetryPolicy, Stopped, poll_until};
 
 /// The role and member the Go tool grants to publish an image.
@@ -31,8 +30,24 @@ pub struct Compute {
     retry: RetryPolicy,
 }
 
-/// What [`Compute::create`] sends: the image as `images.insert` takes it.
-pub fn image_body(g: &GcpConfig, source: &str) -> Image {
+/// A Compute Engine label value: lowercase letters, digits, `_` and `-`, at most 63 characters (the name `podvm`
+/// stays as it is; the version `1.2.3` becomes `1-2-3`).
+pub fn label_value(text: &str) -> String {
+    text.chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-' { c } else { '-' })
+        .take(63)
+        .collect()
+}
+
+/// What [`Compute::create`] sends: the image as `images.insert` takes it, labelled with `uplosi-name` and
+/// `uplosi-version` (as label values) so `delete` and `prune` can tell whose it is.
+pub fn image_body(cfg: &crate::config::VariantConfig, source: &str) -> Image {
+    let g = &cfg.gcp;
+    let mut labels = g.labels.clone();
+    for (key, value) in crate::provider::ownership_tags(cfg) {
+        labels.insert(key.to_string(), label_value(&value));
+    }
     let mut body = Image::new()
         .set_name(g.image_name.clone())
         .set_family(g.image_family.clone())
@@ -47,7 +62,7 @@ pub fn image_body(g: &GcpConfig, source: &str) -> Image {
                 .iter()
                 .map(|f| GuestOsFeature::new().set_type(guest_os_feature::Type::from(f.as_str()))),
         )
-        .set_labels(g.labels.clone())
+        .set_labels(labels)
         .set_storage_locations(g.storage_locations.clone());
     if !g.description.is_empty() {
         body = body.set_description(g.description.clone());
@@ -158,7 +173,14 @@ impl Compute {
 
     /// Every image of the project in `family` (all pages, filtered here so any server's list works).
     pub async fn family(&self, family: &str) -> Result<Vec<Image>, GcpError> {
-        let what = format!("listing the images of family {family}");
+        let mut found = self.all().await?;
+        found.retain(|i| i.family.as_deref() == Some(family));
+        Ok(found)
+    }
+
+    /// Every image of the project (all pages).
+    pub async fn all(&self) -> Result<Vec<Image>, GcpError> {
+        let what = format!("listing the images of project {}", self.project);
         let mut found = Vec::new();
         let mut token = String::new();
         loop {
@@ -171,7 +193,7 @@ impl Compute {
                     list.send()
                 })
                 .await?;
-            found.extend(page.items.into_iter().filter(|i| i.family.as_deref() == Some(family)));
+            found.extend(page.items);
             match page.next_page_token.filter(|t| !t.is_empty()) {
                 Some(next) => token = next,
                 None => return Ok(found),

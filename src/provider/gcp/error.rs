@@ -124,6 +124,9 @@ pub enum GcpError {
     /// Ctrl-C.
     #[error("interrupted")]
     Interrupted,
+    /// The configuration cannot name the variant's images at any version.
+    #[error("{0}")]
+    Lifecycle(String),
 }
 
 impl GcpError {

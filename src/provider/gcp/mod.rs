@@ -116,7 +116,7 @@ pub async fn upload(
     let _leftover = crate::cancel::track(format!(
         "Cloud Storage object gs://{bucket}/{object} (delete it: gcloud storage rm gs://{bucket}/{object})"
     ));
-    let result = create_image(&session, g, &bucket, image, options).await;
+    let result = create_image(&session, cfg, &bucket, image, options).await;
     // Afterwards, on failure and after Ctrl-C alike: the object only carried the data to the image.
     remove_object(&session.gcs, &bucket, &object).await;
     result
@@ -125,11 +125,12 @@ pub async fn upload(
 /// Streams the archive, creates the image from it, and publishes and deprecates as configured.
 async fn create_image(
     session: &Session,
-    g: &GcpConfig,
+    cfg: &VariantConfig,
     bucket: &str,
     image: &SourceImage,
     options: &UploadOptions,
 ) -> Result<Vec<Reference>, GcpError> {
+    let g = &cfg.gcp;
     let project = session.compute.project().to_string();
     let name = &g.image_name;
     let layout = upload::tar_layout(image)?;
@@ -165,7 +166,7 @@ async fn create_image(
         g.architecture,
         g.guest_os_features.join(", ")
     );
-    let body = compute::image_body(g, &compute::source_url(bucket, &g.blob_name));
+    let body = compute::image_body(cfg, &compute::source_url(bucket, &g.blob_name));
     let _unfinished = crate::cancel::track(format!(
         "Compute Engine image projects/{project}/global/images/{name} (unfinished; gcloud compute images delete {name} \
          --project {project})"
@@ -247,5 +248,54 @@ async fn remove_image(compute: &Compute, name: &str) {
             "gcp: could not delete the unfinished image {name} ({e}); delete it with `gcloud compute images delete \
              {name} --project {project}`"
         ),
+    }
+}
+
+/// The variant's images in the project (in its family, when it has one) at any version, and leftover archive
+/// objects named by `blobName` (`uplosi delete`, `uplosi prune`).
+pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<crate::provider::Stored>, GcpError> {
+    use crate::config::names::NamePattern;
+    use crate::config::schema::Section;
+    use crate::provider::{Stored, TAG_NAME, parse_timestamp};
+    let g = &cfg.gcp;
+    let pattern = NamePattern::of(cfg, Section::Gcp, "imageName").map_err(|e| GcpError::Lifecycle(e.to_string()))?;
+    let session = connect(g).await?;
+    let mut found = Vec::new();
+    for image in session.compute.all().await? {
+        let Some(version) = image.name.as_deref().and_then(|n| pattern.version_of(n)) else { continue };
+        if !g.image_family.is_empty() && image.family.as_deref().is_some_and(|f| f != g.image_family) {
+            continue;
+        }
+        let mut item = Stored::new(version, "image", image.name.clone().unwrap_or_default());
+        item.created = image.creation_timestamp.as_deref().and_then(parse_timestamp);
+        // Labels hold the name as a label value; the variant's own name, so written, is the variant's.
+        item.tag_name = image
+            .labels
+            .get(TAG_NAME)
+            .map(|label| if *label == compute::label_value(&cfg.name) { cfg.name.clone() } else { label.clone() });
+        found.push(item);
+    }
+    if let (Ok(objects), Some(bucket)) = (NamePattern::of(cfg, Section::Gcp, "blobName"), g.bucket.as_deref()) {
+        let prefix = objects.glob().split('*').next().unwrap_or_default().to_string();
+        for name in session.gcs.list_objects(bucket, &prefix).await? {
+            if let Some(version) = objects.version_of(&name) {
+                found.push(Stored::new(version, "object", format!("gs://{bucket}/{name}")));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Deletes an image (waiting for its operation) or an object; what is gone already counts as deleted. A
+/// deletion in flight is not interrupted.
+pub async fn delete_stored(cfg: &VariantConfig, item: &crate::provider::Stored) -> Result<(), GcpError> {
+    let session = connect(&cfg.gcp).await?;
+    match item.kind {
+        "object" => {
+            let rest = item.id.strip_prefix("gs://").unwrap_or(&item.id);
+            let (bucket, object) = rest.split_once('/').unwrap_or((rest, ""));
+            session.gcs.delete_object(bucket, object).await.map(drop)
+        }
+        _ => session.compute.delete(&item.id, DELETE_TIMEOUT, &Cancel::new()).await.map(drop),
     }
 }

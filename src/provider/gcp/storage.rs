@@ -135,6 +135,31 @@ impl Gcs {
         }
     }
 
+    /// The names of the objects in `bucket` whose name starts with `prefix` (all pages); none if there is no such
+    /// bucket.
+    pub async fn list_objects(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, GcpError> {
+        let mut names = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut query = format!("prefix={}", segment(prefix));
+            if let Some(t) = &token {
+                query.push_str(&format!("&pageToken={}", segment(t)));
+            }
+            let path = format!("/storage/v1/b/{}/o?{query}", segment(bucket));
+            let what = format!("listing gs://{bucket}/{prefix}*");
+            let Some(page) = self.call(Method::GET, &path, None, &what).await? else { return Ok(names) };
+            for item in page["items"].as_array().into_iter().flatten() {
+                if let Some(name) = item["name"].as_str() {
+                    names.push(name.to_string());
+                }
+            }
+            match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {
+                Some(next) => token = Some(next.to_string()),
+                None => return Ok(names),
+            }
+        }
+    }
+
     /// Deletes the object; `false` if there was none.
     pub async fn delete_object(&self, bucket: &str, object: &str) -> Result<bool, GcpError> {
         let path = format!("/storage/v1/b/{}/o/{}", segment(bucket), segment(object));

@@ -453,3 +453,75 @@ fn gcp_prune_deletes_old_images_and_leftover_objects_of_the_variant_only() {
     assert_eq!(gcp.objects("podvm-uploads"), ["unrelated.tar.gz"]);
     assert_eq!(gcp.images()["podvm-1-0-2"]["labels"]["uplosi-version"], "1-0-2");
 }
+
+#[test]
+fn azure_prune_deletes_old_gallery_versions_and_a_leftover_disk_and_keeps_the_definition() {
+    use support::azure::{self, Azure};
+    let azure =
+        Azure::start(azure::Options { seed_disks: vec!["podvm-0.9.0", "someone-elses-disk"], ..Default::default() });
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        &format!(
+            "[base]\nname = \"podvm\"\nprovider = \"azure\"\nimageVersionFile = \"version.txt\"\n\n[base.azure]\n\
+             subscriptionID = \"{}\"\nlocation = \"East US\"\nresourceGroup = \"{}\"\nsharedImageGallery = \"podvm_gallery\"\n\
+             imageDefinitionName = \"podvm_image\"\nresourceManagerEndpoint = \"{}\"\n",
+            azure::SUBSCRIPTION,
+            azure::GROUP,
+            azure.arm_url
+        ),
+    );
+    std::fs::File::create(ws.image()).and_then(|f| f.set_len(20 << 20)).expect("image");
+    {
+        use std::os::unix::fs::FileExt;
+        let image = std::fs::File::options().write(true).open(ws.image()).expect("image");
+        image.write_all_at(&[7u8; 4096], 0).expect("data");
+    }
+    let uplosi = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+        azure.std_env(&mut cmd).current_dir(ws.path()).env_remove("RUST_LOG").args(args).output().expect("run")
+    };
+    for patch in 0..=4 {
+        ws.write("version.txt", &format!("1.0.{patch}\n"));
+        let out = uplosi(&["upload", "system.raw"]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    ws.write("version.txt", "1.0.2\n");
+
+    let before = azure.requests().len();
+    let dry = uplosi(&["prune", "--keep", "1", "--dry-run", "--output", "json"]);
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    let writes: Vec<serde_json::Value> = azure.requests()[before..]
+        .iter()
+        .filter(|r| r["method"] != "GET" && !r["path"].as_str().unwrap_or_default().contains("token"))
+        .cloned()
+        .collect();
+    assert!(writes.is_empty(), "a dry run only reads: {writes:?}");
+
+    let out = uplosi(&["prune", "--keep", "1", "--yes", "--output", "json"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report = json(&out);
+    let variant = &report["variants"][0];
+    assert_eq!(versions(&variant["deleted"]), ["0.9.0", "1.0.0", "1.0.1"], "{report}");
+    let kinds: Vec<&str> =
+        variant["deleted"].as_array().into_iter().flatten().filter_map(|d| d["kind"].as_str()).collect();
+    assert!(kinds.contains(&"disk") && kinds.contains(&"image-version"), "{report}");
+    let kept = variant["kept"].as_array().expect("kept");
+    assert!(kept.iter().any(|k| k["version"] == "1.0.2" && k["reason"] == "current version"), "{report}");
+    assert!(
+        kept.iter().any(|k| k["version"] == "1.0.4" && k["reason"] == "newer than the current version"),
+        "{report}"
+    );
+    assert!(kept.iter().all(|k| k["region"] == "eastus"), "regions are normalised: {report}");
+
+    let deleted: Vec<String> =
+        azure.calls("DELETE", "").iter().filter_map(|r| r["path"].as_str().map(String::from)).collect();
+    assert!(deleted.iter().any(|p| p.ends_with("/versions/1.0.0")), "{deleted:?}");
+    assert!(deleted.iter().any(|p| p.ends_with("/disks/podvm-0.9.0")), "{deleted:?}");
+    assert!(
+        !deleted.iter().any(|p| p.contains("someone-elses-disk") || p.ends_with("/images/podvm_image")),
+        "{deleted:?}"
+    );
+    let again = uplosi(&["prune", "--keep", "1", "--yes", "--output", "json"]);
+    assert_eq!(json(&again)["variants"][0]["deleted"], serde_json::json!([]), "{}", text(&again.stderr));
+}

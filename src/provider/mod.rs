@@ -191,10 +191,7 @@ pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<Stored>, ProviderErr
         Provider::OpenStack => Ok(openstack::list_stored(cfg).await?),
         Provider::Aws => Ok(aws::lifecycle::list_stored(cfg).await?),
         Provider::Gcp => Ok(gcp::list_stored(cfg).await?),
-        other => Err(ProviderError::File(file::FileError::Config(format!(
-            "listing images is not available for provider {} in this build",
-            other.as_str()
-        )))),
+        Provider::Azure => Ok(azure::list_stored(cfg).await?),
     }
 }
 
@@ -205,9 +202,6 @@ pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), Pro
         Provider::OpenStack => Ok(openstack::delete_stored(cfg, item).await?),
         Provider::Aws => Ok(aws::lifecycle::delete_stored(cfg, item).await?),
         Provider::Gcp => Ok(gcp::delete_stored(cfg, item).await?),
-        other => Err(ProviderError::File(file::FileError::Config(format!(
-            "deleting images is not available for provider {} in this build",
-            other.as_str()
-        )))),
+        Provider::Azure => Ok(azure::delete_stored(cfg, item).await?),
     }
 }

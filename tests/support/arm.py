@@ -19,6 +19,8 @@ long-running-operation semantics; the data plane is a real Azurite:
   ReadyToUpload. POST beginGetAccess (Write) creates a page blob of that size in Azurite and answers its write SAS
   (through --sas-base if given, e.g. a fault proxy); state ActiveUpload. POST endGetAccess; DELETE (409 while
   ActiveUpload, like ARM; the blob is deleted).
+- Collections: GET …/disks (of the group) and GET …/images/D/versions list their resources as ARM does,
+  {"value": [...]}, two per page with a nextLink ($skiptoken), so clients must follow it.
 - Gallery image versions: PUT needs a MAJOR.MINOR.PATCH name (32-bit parts), an existing definition, location,
   publishingProfile.targetRegions including location, and storageProfile.osDiskImage.source.id (or
   storageProfile.source.id) naming an existing disk that is not ActiveUpload. Creating one reads the disk's blob
@@ -294,6 +296,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.answer(404, arm_error("ResourceGroupNotFound", f"Resource group '{group}' could not be found."))
         if len(parts) == 4:
             return self.answer(200, {"id": rid, "name": group, "location": "eastus", "properties": {"provisioningState": "Succeeded"}})
+        if len(parts) == 7 and lowered[4:7] == ["providers", "microsoft.compute", "disks"] and method == "GET":
+            return self.collection(key + "/", lambda k: k.count("/") == key.count("/") + 1)
         if len(parts) < 8 or lowered[4:6] != ["providers", "microsoft.compute"]:
             return self.answer(404, arm_error("NotFound", "unknown path"))
         kind = lowered[6]
@@ -309,9 +313,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return self.share(method, "/".join(rid.split("/")[:9]), body)
             if len(rest) == 2 and rest[0] == "images":
                 return self.definition(method, rid, key, parts[9], body)
+            if len(rest) == 3 and rest[0] == "images" and rest[2] == "versions" and method == "GET":
+                if key.rsplit("/versions", 1)[0] not in resources:
+                    return self.answer(404, arm_error("ResourceNotFound", "The image definition does not exist."))
+                return self.collection(key + "/", lambda k: "/" not in k[len(key) + 1:])
             if len(rest) == 4 and rest[0] == "images" and rest[2] == "versions":
                 return self.version(method, rid, key, parts[11], query, body)
         self.answer(404, arm_error("NotFound", "unknown path"))
+
+    def collection(self, prefix, direct):
+        """GET of a collection: {"value": [...]}, two per page with nextLink (as ARM pages, so clients follow it)."""
+        with lock:
+            items = [r for k, r in sorted(resources.items()) if k.startswith(prefix) and direct(k)]
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        start = int(query.get("$skiptoken", ["0"])[0])
+        page = {"value": items[start:start + 2]}
+        if start + 2 < len(items):
+            page["nextLink"] = f"{self.base()}{urllib.parse.urlsplit(self.path).path}?api-version={query.get('api-version', [''])[0]}&$skiptoken={start + 2}"
+        return self.answer(200, page)
 
     def get_or_delete(self, method, key, what, on_delete=None):
         with lock:
@@ -504,7 +523,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if state is not None:
             return self.answer(409, arm_error("OperationNotAllowed", f"Disk '{name}' exists; an upload disk cannot be changed."))
         resource = {"id": rid, "name": name, "type": "Microsoft.Compute/disks", "location": body["location"],
-                    "sku": body.get("sku"), "properties": dict(props)}
+                    "sku": body.get("sku"), "tags": body.get("tags") or {}, "properties": dict(props)}
         with lock:
             disk_state[key] = {"state": "ReadyToUpload", "blob": None, "size": size}
         existed, apply = self.put(key, resource)
@@ -542,8 +561,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.answer(400, arm_error("InvalidParameter", f"The source '{source}' does not exist."))
         if disk["state"] == "ActiveUpload":
             return self.answer(409, arm_error("OperationNotAllowed", "The source disk is in ActiveUpload state; revoke access first."))
+        props = dict(props)
+        props["publishingProfile"] = dict(props.get("publishingProfile") or {}, publishedDate=datetime.datetime.now(datetime.timezone.utc).isoformat())
         resource = {"id": rid, "name": name, "type": "Microsoft.Compute/galleries/images/versions",
-                    "location": body["location"], "properties": dict(props)}
+                    "location": body["location"], "tags": body.get("tags") or {}, "properties": props}
         blob = disk.get("blob")
         versions = os.path.join(args.state, "versions")
         os.makedirs(versions, exist_ok=True)
@@ -586,8 +607,15 @@ def main():
     p.add_argument("--retry-after", type=int, default=0, help="Retry-After of operation answers")
     p.add_argument("--fail-version", default=None)
     p.add_argument("--no-content", action="store_true", help="record only the page ranges of a version's disk")
+    p.add_argument("--seed-disk", action="append", default=[], help="NAME of a disk left over in the first group")
     args = p.parse_args()
     os.makedirs(args.state, exist_ok=True)
+    group = args.groups.split(",")[0]
+    for name in args.seed_disk:
+        rid = f"/subscriptions/{args.subscription}/resourceGroups/{group}/providers/Microsoft.Compute/disks/{name}"
+        resources[rid.lower()] = {"id": rid, "name": name, "type": "Microsoft.Compute/disks", "location": "eastus",
+                                  "tags": {}, "properties": {"provisioningState": "Succeeded", "diskState": "ReadyToUpload"}}
+        disk_state[rid.lower()] = {"state": "ReadyToUpload", "blob": None, "size": 20 << 20}
     serve(Handler, args.port, args.cert, args.key)
 
 

@@ -54,11 +54,21 @@ pub struct Options {
     pub fail_version: Option<&'static str>,
     /// `Retry-After` seconds of InProgress answers.
     pub retry_after: u32,
+    /// Disks that exist from the start in the group (left over from earlier runs): names.
+    pub seed_disks: Vec<&'static str>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { fault_rate: 0.0, faults: "503", delay: 1.5, polls: 1, fail_version: None, retry_after: 0 }
+        Self {
+            fault_rate: 0.0,
+            faults: "503",
+            delay: 1.5,
+            polls: 1,
+            fail_version: None,
+            retry_after: 0,
+            seed_disks: Vec::new(),
+        }
     }
 }
 
@@ -133,6 +143,9 @@ impl Azure {
             .stderr(Stdio::inherit());
         if let Some(message) = options.fail_version {
             arm.args(["--fail-version", message]);
+        }
+        for disk in &options.seed_disks {
+            arm.args(["--seed-disk", disk]);
         }
         let mut arm = arm.spawn().expect("python3");
         wait_listening(port, &mut arm, "arm.py");

@@ -166,6 +166,23 @@ impl Arm {
         Ok((answer.status != StatusCode::NOT_FOUND).then_some(answer.body))
     }
 
+    /// Every resource of a collection (`…/versions`, `…/disks`), following `nextLink`; none if it does not exist.
+    pub async fn list(&self, path: &str, api: &str, what: &str) -> Result<Vec<Value>, AzureError> {
+        let mut items = Vec::new();
+        let mut url = self.url(path, api);
+        loop {
+            let answer = self.send(Method::GET, &url, None, what).await?;
+            if answer.status == StatusCode::NOT_FOUND {
+                return Ok(items);
+            }
+            items.extend(answer.body.get("value").and_then(Value::as_array).cloned().unwrap_or_default());
+            match answer.body.get("nextLink").and_then(Value::as_str).filter(|l| !l.is_empty()) {
+                Some(next) => url = next.to_string(),
+                None => return Ok(items),
+            }
+        }
+    }
+
     /// Creates or updates a resource and waits until it is provisioned; returns it.
     pub async fn put(
         &self,

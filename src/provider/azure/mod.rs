@@ -96,6 +96,14 @@ pub async fn preflight(cfg: &VariantConfig) -> Result<(), AzureError> {
     gallery::version_body(z, &paths.disk).map(drop)
 }
 
+/// `body` with the `uplosi-name` and `uplosi-version` tags, by which `delete` and `prune` tell whose it is.
+fn with_ownership(mut body: Value, cfg: &VariantConfig) -> Value {
+    let tags: serde_json::Map<String, Value> =
+        crate::provider::ownership_tags(cfg).into_iter().map(|(k, v)| (k.to_string(), Value::String(v))).collect();
+    body["tags"] = Value::Object(tags);
+    body
+}
+
 fn resource_id(resource: &Value, fallback: &str) -> String {
     resource.get("id").and_then(Value::as_str).unwrap_or(fallback).to_string()
 }
@@ -159,7 +167,7 @@ pub async fn upload(
             return Err(AzureError::Exists { what: format!("disk \"{}\"", z.disk_name), id });
         }
         tracing::info!("azure: deleting the leftover disk {id}");
-        remove_disk(&arm, &paths, &z.disk_name).await?;
+        remove_disk(&arm, &paths.disk, &z.disk_name).await?;
     }
     tracing::info!("azure: creating disk \"{}\" for a {} byte upload", z.disk_name, layout.len());
     let _leftover = crate::cancel::track(format!(
@@ -170,7 +178,7 @@ pub async fn upload(
         .put(
             &paths.disk,
             DISKS_API,
-            &gallery::disk_body(z, layout.len()),
+            &with_ownership(gallery::disk_body(z, layout.len()), cfg),
             &format!("creating disk \"{}\"", z.disk_name),
             CONTROL_TIMEOUT,
             &options.cancel,
@@ -181,7 +189,7 @@ pub async fn upload(
         Err(e) => Err(e),
     };
     // Afterwards, on failure and after Ctrl-C alike: the disk only carried the data to the version.
-    if let Err(e) = remove_disk(&arm, &paths, &z.disk_name).await {
+    if let Err(e) = remove_disk(&arm, &paths.disk, &z.disk_name).await {
         tracing::error!(
             "azure: could not delete the upload disk {} ({e}); delete it with `az disk revoke-access --ids {0}` and \
              `az disk delete --ids {0}`",
@@ -240,13 +248,13 @@ async fn publish(
         sent.requests,
         started.elapsed().as_secs_f64()
     );
-    revoke(arm, paths, &z.disk_name, &options.cancel).await?;
+    revoke(arm, &paths.disk, &z.disk_name, &options.cancel).await?;
     tracing::info!(
         "azure: creating image version {version} of {} in {}",
         z.image_definition_name,
         regions(z).join(", ")
     );
-    let body = gallery::version_body(z, disk_id)?;
+    let body = with_ownership(gallery::version_body(z, disk_id)?, cfg);
     let what = format!("creating image version {version}");
     let _unfinished = crate::cancel::track(format!(
         "Azure gallery image version {} (unfinished; az sig image-version delete --ids {0})",
@@ -325,10 +333,10 @@ fn replication_states(version: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Ends the disk's write access (`endGetAccess`).
-async fn revoke(arm: &Arm, paths: &Paths, disk: &str, cancel: &Cancel) -> Result<(), AzureError> {
+/// Ends the write access to the disk at `path` (`endGetAccess`).
+async fn revoke(arm: &Arm, path: &str, disk: &str, cancel: &Cancel) -> Result<(), AzureError> {
     arm.post(
-        &format!("{}/endGetAccess", paths.disk),
+        &format!("{path}/endGetAccess"),
         DISKS_API,
         None,
         &format!("revoking access to disk \"{disk}\""),
@@ -369,16 +377,16 @@ fn patient_policy() -> RetryPolicy {
 /// Revokes access to the upload disk and deletes it. It runs after Ctrl-C too (with its own cancel flag) and is
 /// patient, because the failure may have been Azure going away for a moment. A grant of access still running when
 /// the run was interrupted can make the delete conflict (409); access is then revoked again.
-async fn remove_disk(arm: &Arm, paths: &Paths, disk: &str) -> Result<(), AzureError> {
+async fn remove_disk(arm: &Arm, path: &str, disk: &str) -> Result<(), AzureError> {
     let patient = arm.with_retry(patient_policy());
     let fresh = Cancel::new();
     let mut round = 1;
     loop {
-        if let Err(e) = revoke(&patient, paths, disk, &fresh).await {
+        if let Err(e) = revoke(&patient, path, disk, &fresh).await {
             tracing::debug!("azure: revoking access to disk \"{disk}\": {e}");
         }
         let what = format!("deleting disk \"{disk}\"");
-        match arm.delete(&paths.disk, DISKS_API, &what, CONTROL_TIMEOUT, &fresh).await {
+        match arm.delete(path, DISKS_API, &what, CONTROL_TIMEOUT, &fresh).await {
             Ok(deleted) => {
                 if deleted {
                     tracing::info!("azure: deleted the upload disk \"{disk}\"");
@@ -452,6 +460,62 @@ async fn ensure_definition(arm: &Arm, z: &AzureConfig, paths: &Paths, cancel: &C
             )
             .await
             .map(drop)
+        }
+    }
+}
+
+/// The variant's gallery image versions (every version of its image definition) and leftover upload disks named by
+/// `diskName` (`uplosi delete`, `uplosi prune`).
+pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<crate::provider::Stored>, AzureError> {
+    use crate::config::names::NamePattern;
+    use crate::provider::{Stored, TAG_NAME, parse_timestamp};
+    let z = &cfg.azure;
+    let arm = connect(z).await?;
+    let paths = Paths::new(z, &version_name(cfg));
+    let mut found = Vec::new();
+    let what = format!("listing the versions of image definition {}", z.image_definition_name);
+    for version in arm.list(&format!("{}/versions", paths.definition), GALLERIES_API, &what).await? {
+        let name = version.get("name").and_then(Value::as_str).unwrap_or_default();
+        let Ok(parsed) = name.parse::<crate::version::ImageVersion>() else { continue };
+        let mut item = Stored::new(
+            parsed,
+            "image-version",
+            resource_id(&version, &format!("{}/versions/{name}", paths.definition)),
+        );
+        item.region = version.get("location").and_then(Value::as_str).map(crate::config::model::azure_region);
+        item.created = version
+            .pointer("/properties/publishingProfile/publishedDate")
+            .and_then(Value::as_str)
+            .and_then(parse_timestamp);
+        item.tag_name = version.pointer(&format!("/tags/{TAG_NAME}")).and_then(Value::as_str).map(str::to_string);
+        found.push(item);
+    }
+    // Leftover upload disks are looked for only if their name tells the version.
+    if let Ok(pattern) = NamePattern::of(cfg, crate::config::schema::Section::Azure, "diskName") {
+        let disks = format!("{}/providers/Microsoft.Compute/disks", paths.group);
+        for disk in arm.list(&disks, DISKS_API, "listing the disks of the resource group").await? {
+            let name = disk.get("name").and_then(Value::as_str).unwrap_or_default();
+            if let Some(version) = pattern.version_of(name) {
+                let mut item = Stored::new(version, "disk", resource_id(&disk, &format!("{disks}/{name}")));
+                item.region = disk.get("location").and_then(Value::as_str).map(crate::config::model::azure_region);
+                item.tag_name = disk.pointer(&format!("/tags/{TAG_NAME}")).and_then(Value::as_str).map(str::to_string);
+                found.push(item);
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Deletes an image version (waiting for its operation) or a leftover disk (revoking its access first); what is
+/// gone already counts as deleted. A deletion in flight is not interrupted.
+pub async fn delete_stored(cfg: &VariantConfig, item: &crate::provider::Stored) -> Result<(), AzureError> {
+    let arm = connect(&cfg.azure).await?;
+    let name = item.id.rsplit('/').next().unwrap_or_default();
+    match item.kind {
+        "disk" => remove_disk(&arm, &item.id, name).await,
+        _ => {
+            let what = format!("deleting image version {name}");
+            arm.delete(&item.id, GALLERIES_API, &what, CONTROL_TIMEOUT, &Cancel::new()).await.map(drop)
         }
     }
 }

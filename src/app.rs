@@ -391,10 +391,10 @@ fn confirm(count: usize, variants: usize) -> Result<(), AppError> {
     use std::io::IsTerminal;
     if !(std::io::stdin().is_terminal() && std::io::stderr().is_terminal()) {
         return Err(AppError::Usage(format!(
-            "{count} images and snapshots would be deleted, but there is no terminal to ask: pass --yes or --dry-run"
+            "{count} would be deleted (listed above), but there is no terminal to ask: pass --yes or --dry-run"
         )));
     }
-    eprint!("Delete these {count} images and snapshots of {variants} variant(s)? [y/N] ");
+    eprint!("Delete the {count} listed above ({variants} variant(s))? [y/N] ");
     let mut answer = String::new();
     std::io::stdin().read_line(&mut answer).map_err(AppError::Stdout)?;
     if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {

@@ -258,7 +258,10 @@ pub async fn plan(variants: &[VariantConfig], mode: Mode, jobs: usize) -> Vec<Va
     futures_util::future::join_all(listings).await
 }
 
-/// Deletes what [`plan`] found, `jobs` variants at a time and a few items of a variant at once. On Ctrl-C the
+/// Deletions of one variant in flight at once: the regions and versions go in parallel, gently on rate limits.
+const ITEMS_AT_ONCE: usize = 4;
+
+/// Deletes what [`plan`] found, `jobs` variants at a time and [`ITEMS_AT_ONCE`] items of a variant at once. On Ctrl-C the
 /// deletions in flight finish, no new one starts, and what was deleted is reported.
 pub async fn execute(variants: &[VariantConfig], outcomes: &mut [VariantOutcome], jobs: usize, cancel: &Cancel) {
     let semaphore = tokio::sync::Semaphore::new(jobs.max(1));
@@ -267,7 +270,7 @@ pub async fn execute(variants: &[VariantConfig], outcomes: &mut [VariantOutcome]
         async move {
             let _permit = semaphore.acquire().await.ok();
             let items = std::mem::take(&mut outcome.pending);
-            let per_item = tokio::sync::Semaphore::new(8);
+            let per_item = tokio::sync::Semaphore::new(ITEMS_AT_ONCE);
             let results = futures_util::future::join_all(items.iter().map(|item| {
                 let per_item = &per_item;
                 async move {

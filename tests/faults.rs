@@ -39,13 +39,7 @@ fn openstack_workspace(endpoint: &str, image: &Path) -> support::Workspace {
 }
 
 fn openstack_uplosi(ws: &support::Workspace) -> std::process::Command {
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
-    cmd.current_dir(ws.path())
-        .env("OS_CLIENT_CONFIG_FILE", ws.path().join("clouds.yaml"))
-        .env("HOME", ws.path())
-        .env_remove("OS_CLOUD")
-        .env_remove("RUST_LOG");
-    cmd
+    support::glance::uplosi_in(ws.path())
 }
 
 #[test]

@@ -125,6 +125,36 @@ fn prune_plans_asks_and_deletes_only_the_variants_old_files() {
 }
 
 #[test]
+fn on_a_terminal_uplosi_asks_once() {
+    let ws = file_workspace();
+    let binary = assert_cmd::cargo::cargo_bin("uplosi");
+    // `script` gives uplosi a terminal; the answer comes on its input.
+    let ask = |answer: &str| {
+        let mut child = std::process::Command::new("script")
+            .args(["-qec", &format!("{} prune --keep 2", binary.display()), "/dev/null"])
+            .current_dir(ws.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("script (util-linux)");
+        use std::io::Write;
+        child.stdin.take().expect("stdin").write_all(answer.as_bytes()).expect("answer");
+        let out = child.wait_with_output().expect("wait");
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, screen) = ask("n\n");
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(
+        screen.contains("Delete the 4 listed above (1 variant(s))? [y/N]") && screen.contains("nothing was deleted"),
+        "{screen}"
+    );
+    assert_eq!(files(&ws).len(), 10, "no is no");
+    let (code, screen) = ask("y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert!(!files(&ws).contains(&"podvm-1.0.0.raw".to_string()), "{screen}");
+}
+
+#[test]
 fn delete_takes_one_version_and_never_the_current_one() {
     let ws = file_workspace();
     let out = run(&ws, &["delete", "1.0.4", "--yes"]);
@@ -168,19 +198,9 @@ fn a_name_template_without_the_version_is_refused_naming_the_key() {
     }
 }
 
-/// `uplosi` in `ws` for the OpenStack test: clouds.yaml for glance-api without auth.
+/// `uplosi` in `ws` for the OpenStack tests: clouds.yaml for glance-api without auth.
 fn openstack_uplosi(ws: &Workspace, glance: &support::glance::Glance) -> std::process::Command {
-    ws.write(
-        "clouds.yaml",
-        &format!("clouds:\n  test:\n    auth_type: none\n    image_endpoint_override: {}/v2\n", glance.url),
-    );
-    let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
-    cmd.current_dir(ws.path())
-        .env("OS_CLIENT_CONFIG_FILE", ws.path().join("clouds.yaml"))
-        .env("HOME", ws.path())
-        .env_remove("OS_CLOUD")
-        .env_remove("RUST_LOG");
-    cmd
+    support::glance::uplosi_noauth(ws.path(), &glance.url)
 }
 
 #[test]
@@ -304,6 +324,29 @@ async fn register_foreign(endpoint: &str, region: &str, name: &str) -> String {
     image.image_id().unwrap_or_default().to_string()
 }
 
+/// The AWS actions in a moto recording (query `Action=` for EC2, `X-Amz-Target` for SSM and the JSON protocols).
+fn recorded_actions(recording: &str) -> Vec<String> {
+    use base64::Engine;
+    recording
+        .lines()
+        .filter_map(|line| {
+            let entry: serde_json::Value = serde_json::from_str(line).ok()?;
+            if let Some(target) = entry["headers"]["X-Amz-Target"].as_str() {
+                return target.rsplit('.').next().map(String::from);
+            }
+            let body = entry["body"].as_str().unwrap_or_default();
+            let body = if entry["body_encoded"] == true {
+                String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(body).unwrap_or_default())
+                    .into_owned()
+            } else {
+                body.to_string()
+            };
+            let action = body.split('&').find_map(|kv| kv.strip_prefix("Action=")).map(String::from);
+            Some(action.unwrap_or_else(|| format!("{} {}", entry["method"], entry["url"])))
+        })
+        .collect()
+}
+
 #[test]
 fn aws_prune_keeps_the_newest_in_every_region_with_their_snapshots_and_nothing_foreign() {
     let server = support::moto::start();
@@ -348,6 +391,27 @@ fn aws_prune_keeps_the_newest_in_every_region_with_their_snapshots_and_nothing_f
         ami
     });
     assert!(!rt.block_on(snapshots_of(&server.url, "us-east-1", "1.0.0")).is_empty(), "uploads tag their snapshots");
+
+    // A dry run makes list and describe calls only, as moto's own request recorder shows.
+    let moto_api = |action: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", "-X", if action == "download-recording" { "GET" } else { "POST" }])
+            .arg(format!("{}/moto-api/recorder/{action}", server.url))
+            .output()
+            .expect("curl");
+        text(&out.stdout)
+    };
+    moto_api("start-recording");
+    let dry = aws(&["delete", "1.0.1", "--dry-run", "--output", "json"]);
+    moto_api("stop-recording");
+    assert!(dry.status.success(), "{}", text(&dry.stderr));
+    assert_eq!(versions(&json(&dry)["variants"][0]["deleted"]), ["1.0.1"]);
+    let actions = recorded_actions(&moto_api("download-recording"));
+    assert!(actions.iter().any(|a| a == "DescribeImages"), "{actions:?}");
+    assert!(
+        actions.iter().all(|a| a.starts_with("Describe") || a.starts_with("Get") || a.starts_with("List")),
+        "a dry run writes nothing: {actions:?}"
+    );
 
     let out = aws(&["prune", "--keep", "2", "--yes", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -524,4 +588,100 @@ fn azure_prune_deletes_old_gallery_versions_and_a_leftover_disk_and_keeps_the_de
     );
     let again = uplosi(&["prune", "--keep", "1", "--yes", "--output", "json"]);
     assert_eq!(json(&again)["variants"][0]["deleted"], serde_json::json!([]), "{}", text(&again.stderr));
+}
+
+/// A Glance with versions 1.0.0 … 1.0.`last` of podvm uploaded (the last is current), and the workspace.
+fn glance_with_versions(glance: &support::glance::Glance, last: u64) -> Workspace {
+    let ws = Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"openstack\"\nimageVersionFile = \"version.txt\"\n\n[base.openstack]\ncloud = \"test\"\ndiskFormat = \"raw\"\n",
+    );
+    std::fs::File::create(ws.image()).and_then(|f| f.set_len(1 << 20)).expect("image");
+    for patch in 0..=last {
+        ws.write("version.txt", &format!("1.0.{patch}\n"));
+        let out = openstack_uplosi(&ws, glance).args(["upload", "system.raw"]).output().expect("upload");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    ws
+}
+
+fn glance_names(glance: &support::glance::Glance) -> Vec<String> {
+    let mut names: Vec<String> =
+        glance.images().expect("images").iter().map(|i| i["name"].as_str().unwrap_or_default().to_string()).collect();
+    names.sort();
+    names
+}
+
+/// Points the workspace's clouds.yaml at `url` (a fault proxy in front of glance-api).
+fn through(ws: &Workspace, url: &str) -> std::process::Command {
+    support::glance::uplosi_noauth(ws.path(), url)
+}
+
+#[test]
+fn prune_under_a_fifth_of_requests_faulted_gives_the_same_result() {
+    let glance = support::glance::Glance::start();
+    let ws = glance_with_versions(&glance, 5);
+    // Seed 7 faults 6 of the first 8 draws at 0.2: the listing and the deletions meet faults.
+    let proxy = support::faults::FaultProxy::start_with_delay(&glance.url, ".", 0.2, 7, "500,503,429,reset,delay", 0.5);
+    let out =
+        through(&ws, &proxy.url).args(["prune", "--keep", "2", "--yes", "--output", "json"]).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(proxy.faults() > 0, "faults were injected: {}", proxy.stats());
+    assert_eq!(versions(&json(&out)["variants"][0]["deleted"]), ["1.0.0", "1.0.1", "1.0.2", "1.0.3"]);
+    assert_eq!(glance_names(&glance), ["podvm-1.0.4", "podvm-1.0.5"]);
+}
+
+#[test]
+fn a_prune_killed_half_way_is_finished_by_running_it_again() {
+    let glance = support::glance::Glance::start();
+    let ws = glance_with_versions(&glance, 11);
+    // Every deletion is held 2 s and at most four run at once, so the run is killed with some done and some not.
+    let proxy = support::faults::FaultProxy::start_with_delay(&glance.url, "^DELETE ", 1.0, 1, "delay", 2.0);
+    let mut child = through(&ws, &proxy.url)
+        .args(["prune", "--keep", "2", "--yes", "-j", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    support::wait_until("the first deletion", Duration::from_secs(60), || glance_names(&glance).len() < 12);
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let left = glance_names(&glance);
+    assert!(left.len() > 2 && left.len() < 12, "killed half-way: {left:?}");
+
+    let again =
+        through(&ws, &glance.url).args(["prune", "--keep", "2", "--yes", "--output", "json"]).output().expect("run");
+    assert!(again.status.success(), "{}", text(&again.stderr));
+    assert!(!json(&again)["variants"][0]["deleted"].as_array().expect("deleted").is_empty());
+    assert_eq!(glance_names(&glance), ["podvm-1.0.10", "podvm-1.0.11"], "the second run finishes the job");
+}
+
+#[test]
+fn ctrl_c_finishes_the_deletions_in_flight_starts_no_new_one_and_reports() {
+    let glance = support::glance::Glance::start();
+    let ws = glance_with_versions(&glance, 11);
+    let proxy = support::faults::FaultProxy::start_with_delay(&glance.url, "^DELETE ", 1.0, 1, "delay", 2.0);
+    let child = through(&ws, &proxy.url)
+        .args(["prune", "--keep", "2", "--yes", "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // Four deletions are held by the proxy; interrupt while they are.
+    support::wait_until("deletions in flight", Duration::from_secs(60), || {
+        proxy.stats()["matched"].as_u64().unwrap_or(0) >= 4
+    });
+    support::interrupt(&child);
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    let report = json(&out);
+    let variant = &report["variants"][0];
+    let deleted = variant["deleted"].as_array().expect("deleted").len();
+    assert_eq!(deleted, 4, "the four in flight finish: {report}");
+    let interrupted =
+        variant["kept"].as_array().into_iter().flatten().filter(|k| k["reason"] == "not deleted: interrupted").count();
+    assert_eq!(interrupted, 6, "the rest are not started: {report}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(glance_names(&glance).len(), 8, "nothing more was deleted after the report");
 }

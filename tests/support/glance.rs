@@ -336,3 +336,22 @@ impl Drop for Keystone {
         let _ = self.child.wait();
     }
 }
+
+/// `uplosi` in `dir`, reading only the clouds.yaml there (no user's configuration, no `OS_CLOUD`).
+pub fn uplosi_in(dir: &Path) -> Command {
+    let mut cmd = Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
+    cmd.current_dir(dir)
+        .env("OS_CLIENT_CONFIG_FILE", dir.join("clouds.yaml"))
+        .env("HOME", dir)
+        .env_remove("OS_CLOUD")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// Writes a clouds.yaml in `dir` whose cloud `test` is the image service at `url` without auth, and returns
+/// [`uplosi_in`] `dir`.
+pub fn uplosi_noauth(dir: &Path, url: &str) -> Command {
+    let clouds = format!("clouds:\n  test:\n    auth_type: none\n    image_endpoint_override: {url}/v2\n");
+    std::fs::write(dir.join("clouds.yaml"), clouds).expect("clouds.yaml");
+    uplosi_in(dir)
+}

@@ -81,7 +81,7 @@ impl Console {
         for &b in bytes {
             if b == b'\n' {
                 let line = plain(&String::from_utf8_lossy(&std::mem::take(&mut self.partial)));
-                self.judge(&line);
+                self.judge(&line, true);
                 self.tail.push_back(line);
                 if self.tail.len() > TAIL_LINES {
                     self.tail.pop_front();
@@ -93,24 +93,37 @@ impl Console {
         // A prompt ends without a newline.
         if !self.partial.is_empty() {
             let line = plain(&String::from_utf8_lossy(&self.partial));
-            self.judge(&line);
+            self.judge(&line, false);
         }
         self.verdict.clone()
     }
 
-    fn judge(&mut self, line: &str) {
+    /// Judges one line. An unfinished line is judged only against `expect` (a login prompt ends without a
+    /// newline): a panic or emergency line is judged once it is whole, so the verdict names the reason the kernel
+    /// gives after "not syncing:", which the serial port may deliver a moment later.
+    fn judge(&mut self, line: &str, complete: bool) {
         if self.verdict.is_some() {
             return;
         }
-        self.verdict = if self.panic.is_match(line) {
+        self.verdict = if complete && self.panic.is_match(line) {
             Some(Verdict::Panic(line.to_string()))
-        } else if self.emergency.is_match(line) {
+        } else if complete && self.emergency.is_match(line) {
             Some(Verdict::Emergency(line.to_string()))
         } else if self.expect.is_match(line) {
             Some(Verdict::Up(line.to_string()))
         } else {
             None
         };
+    }
+
+    /// Judges the unfinished line as a whole one, for when no more output will come (the VM stopped or the time
+    /// is up); returns the verdict, if there is one.
+    pub fn finish(&mut self) -> Option<Verdict> {
+        if !self.partial.is_empty() {
+            let line = plain(&String::from_utf8_lossy(&self.partial));
+            self.judge(&line, true);
+        }
+        self.verdict.clone()
     }
 
     /// The last [`TAIL_LINES`] lines, the unfinished one included.
@@ -161,6 +174,15 @@ mod tests {
         let tail = c.tail();
         assert_eq!(tail.len(), TAIL_LINES);
         assert!(tail[TAIL_LINES - 1].contains("Kernel panic"));
+        let mut c = console();
+        assert_eq!(c.feed(b"[    3.2] Kernel panic - not syncing"), None, "the reason is still to come");
+        assert_eq!(
+            c.feed(b": Attempted to kill init!\n"),
+            Some(Verdict::Panic("[    3.2] Kernel panic - not syncing: Attempted to kill init!".into()))
+        );
+        let mut c = console();
+        c.feed(b"[    3.2] Kernel panic - not syncing");
+        assert!(matches!(c.finish(), Some(Verdict::Panic(_))), "a VM that stops mid-line still panicked");
         let mut c = console();
         assert!(matches!(c.feed(b"You are in emergency mode. After logging in\n"), Some(Verdict::Emergency(_))));
     }

@@ -382,7 +382,7 @@ pub fn boot_check(
                 break Ending::Interrupted;
             }
             if started.elapsed() > options.timeout {
-                break Ending::Timeout;
+                break console.finish().map_or(Ending::Timeout, Ending::Verdict);
             }
             match vm.events.recv_timeout(Duration::from_millis(100)) {
                 Ok(VmEvent::Console(bytes)) => {
@@ -410,7 +410,7 @@ pub fn boot_check(
                         VmEvent::Stderr(line) => stderr.push(line),
                     }
                 }
-                if let Some(verdict) = console.feed(&[]) {
+                if let Some(verdict) = console.finish() {
                     break Ending::Verdict(verdict);
                 }
                 if accel == Accel::Kvm && console.is_empty() {

@@ -22,6 +22,9 @@ pub struct Server {
     pub url: String,
     /// Its port.
     pub port: u16,
+    /// Where moto's request recorder writes (`MOTO_RECORDER_FILEPATH`; by default `moto_recording` in the
+    /// working directory, which would litter the clone), removed with the server.
+    _scratch: Option<tempfile::TempDir>,
 }
 
 impl Drop for Server {
@@ -65,16 +68,19 @@ pub fn start() -> Server {
 pub fn start_with_block_size(block_size: u64) -> Server {
     let port = free_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_ebs.py");
+    let scratch = tempfile::tempdir().expect("moto scratch directory");
     let mut child = Command::new("python3")
         .arg(script)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
         .env("UPLOSI_TEST_EBS_BLOCK_SIZE", block_size.to_string())
+        .env("MOTO_RECORDER_FILEPATH", scratch.path().join("recording"))
+        .current_dir(scratch.path())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("moto_server must be installed (pip install 'moto[server]'; scripts/test.sh does it)");
     wait_listening(port, &mut child, "moto_server");
-    Server { child, url: format!("http://127.0.0.1:{port}"), port }
+    Server { child, url: format!("http://127.0.0.1:{port}"), port, _scratch: Some(scratch) }
 }
 
 /// `tests/support/aws_proxy.py` in front of moto, with the JSON file it writes its request counts to.
@@ -110,7 +116,7 @@ pub fn start_proxy(upstream: &Server, args: &[&str]) -> Proxy {
         .expect("python3");
     wait_listening(port, &mut child, "aws_proxy.py");
     let url = format!("http://127.0.0.1:{port}");
-    Proxy { url: url.clone(), _server: Server { child, url, port }, stats }
+    Proxy { url: url.clone(), _server: Server { child, url, port, _scratch: None }, stats }
 }
 
 /// An SDK configuration pointing at `url` with static test credentials.

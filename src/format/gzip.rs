@@ -56,6 +56,14 @@ pub fn compress<R: Read, W: Write + Send>(
 ) -> Result<GzipStats, FormatError> {
     let threads = threads.max(1);
     let (job_tx, job_rx) = mpsc::sync_channel::<Job>(threads * 2);
+    // Blocks between the reader and the writer, in any stage, are bounded: the reader takes a token per block and
+    // the writer gives it back once the block is written. Without it, a slow output (an upload on a thin link)
+    // let finished blocks pile up until the whole compressed image sat in memory.
+    let in_flight = blocks_in_flight(threads);
+    let (token_tx, token_rx) = mpsc::sync_channel::<()>(in_flight);
+    for _ in 0..in_flight {
+        let _ = token_tx.send(());
+    }
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (done_tx, done_rx) = mpsc::channel::<Done>();
     let failed = AtomicBool::new(false);
@@ -80,11 +88,16 @@ pub fn compress<R: Read, W: Write + Send>(
                 }
             });
         }
+        // Only the workers hold the job queue's receiver: when they stop (the writer is gone), a reader waiting to
+        // queue a block is told so instead of waiting forever.
+        drop(job_rx);
         drop(done_tx);
 
-        let writer = scope.spawn(|| write_in_order(output, done_rx, progress, &failed));
+        // The writer owns the token sender: if it stops, the reader's wait for room ends too.
+        let failed_flag = &failed;
+        let writer = scope.spawn(move || write_in_order(output, done_rx, token_tx, progress, failed_flag));
 
-        let read_result = read_blocks(&mut input, &job_tx, cancel, &failed);
+        let read_result = read_blocks(&mut input, &job_tx, &token_rx, cancel, &failed);
         drop(job_tx);
         let write_result =
             writer.join().unwrap_or_else(|_| Err(FormatError::Compress("writer thread panicked".into())));
@@ -93,10 +106,18 @@ pub fn compress<R: Read, W: Write + Send>(
     })
 }
 
-/// Reads blocks and queues them; reads one block ahead to know which one is last.
+/// How many blocks may be read but not yet written: enough to keep every worker busy with the next blocks queued
+/// behind it (memory: this many uncompressed blocks at most, plus their compressed forms).
+fn blocks_in_flight(threads: usize) -> usize {
+    threads * 4
+}
+
+/// Reads blocks and queues them, each once a token says there is room; reads one block ahead to know which one is
+/// last.
 fn read_blocks<R: Read>(
     input: &mut R,
     jobs: &mpsc::SyncSender<Job>,
+    room: &mpsc::Receiver<()>,
     cancel: &(dyn Fn() -> bool + Sync),
     failed: &AtomicBool,
 ) -> Result<(), FormatError> {
@@ -127,6 +148,9 @@ fn read_blocks<R: Read>(
         }
         let next = if current.is_empty() { Vec::new() } else { read_block(input)? };
         let last = next.is_empty();
+        if room.recv().is_err() {
+            return Ok(()); // the writer stopped and reports why
+        }
         let next_dictionary = current[current.len().saturating_sub(WINDOW)..].to_vec();
         let job = Job { seq, dictionary: std::mem::take(&mut dictionary), data: current, last };
         if jobs.send(job).is_err() {
@@ -144,6 +168,7 @@ fn read_blocks<R: Read>(
 fn write_in_order<W: Write>(
     mut output: W,
     done: mpsc::Receiver<Done>,
+    room: mpsc::SyncSender<()>,
     progress: &(dyn Fn(u64) + Sync),
     failed: &AtomicBool,
 ) -> Result<GzipStats, FormatError> {
@@ -169,6 +194,8 @@ fn write_in_order<W: Write>(
             progress(u64::from(d.crc.amount()));
             crc.combine(&d.crc);
             next += 1;
+            // Never blocks: at most as many tokens are out as the channel holds.
+            let _ = room.try_send(());
         }
     }
     if !failed.load(Ordering::Relaxed) {
@@ -303,5 +330,89 @@ mod tests {
         let err = compress(&data[..], &mut out, 6, 2, &|_| {}, &|| true).unwrap_err();
         assert!(matches!(err, FormatError::Interrupted));
         Ok(())
+    }
+
+    /// Counts what was read from it.
+    struct CountingReader<'a> {
+        data: &'a [u8],
+        read: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Read for CountingReader<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.data.read(buf)?;
+            self.read.fetch_add(n, Ordering::SeqCst);
+            Ok(n)
+        }
+    }
+
+    /// An output that takes its first write, then waits for `go` before each of the next (a stalled upload), or
+    /// fails them when `go` is gone.
+    struct StalledWriter {
+        out: Vec<u8>,
+        go: mpsc::Receiver<()>,
+        writes: usize,
+    }
+
+    impl Write for StalledWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.writes += 1;
+            if self.writes > 1 && self.go.recv().is_err() {
+                return Err(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"));
+            }
+            self.out.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stalled_output_stops_the_reading_after_a_few_blocks() -> TestResult {
+        let data = mixed(BLOCK_SIZE * 40);
+        let read = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (go_tx, go_rx) = mpsc::channel();
+        let input = CountingReader { data: &data, read: Arc::clone(&read) };
+        let output = Arc::new(Mutex::new(None));
+        let result = std::thread::scope(|scope| {
+            // Owned here, so a failed assertion drops it and the stalled writer gives up instead of hanging the test.
+            let go_tx = go_tx;
+            let output = Arc::clone(&output);
+            let compressing = scope.spawn(move || {
+                let mut writer = StalledWriter { out: Vec::new(), go: go_rx, writes: 0 };
+                let stats = compress(input, &mut writer, 6, 2, &|_| {}, &|| false);
+                *output.lock().unwrap() = Some(writer.out);
+                stats
+            });
+            // While the output is stalled, the reader gets at most the blocks in flight ahead (plus the one it reads
+            // ahead to find the last) — not the whole input, as before.
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+            let ahead = read.load(Ordering::SeqCst);
+            let bound = (blocks_in_flight(2) + 2) * BLOCK_SIZE;
+            assert!(ahead <= bound, "read {ahead} bytes ahead of a stalled output, bound {bound}");
+            assert!(ahead >= BLOCK_SIZE, "nothing was read");
+            // Released, it finishes and the stream is whole.
+            while !compressing.is_finished() {
+                let _ = go_tx.send(());
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            compressing.join().unwrap()
+        })?;
+        assert_eq!(result.input, data.len() as u64);
+        let out = output.lock().unwrap().take().unwrap_or_default();
+        assert_eq!(gunzip(&out), data);
+        Ok(())
+    }
+
+    #[test]
+    fn an_output_that_fails_while_the_reader_waits_for_room_ends_the_compression() {
+        let data = mixed(BLOCK_SIZE * 40);
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        drop(go_tx);
+        let mut writer = StalledWriter { out: Vec::new(), go: go_rx, writes: 0 };
+        let err = compress(&data[..], &mut writer, 6, 2, &|_| {}, &|| false).unwrap_err();
+        assert!(matches!(err, FormatError::Write(_)), "{err:?}");
     }
 }

@@ -1,6 +1,7 @@
 # Sourced by the benchmarks: start_azure DIR starts Azurite and the ARM fake of the tests (tests/support/arm.py)
 # under DIR and exports the environment that points uplosi at them; sets AZURE_PIDS, AZURE_ARM_URL, AZURE_BLOB_URL
-# and AZURE_SUBSCRIPTION.
+# and AZURE_SUBSCRIPTION. With BANDWIDTH set (MiB/s), the SAS URLs lead through tests/support/fault_proxy.py, which
+# reads the Put Page bodies at that rate.
 . "$(dirname "${BASH_SOURCE[0]}")/tls.sh"
 
 start_azure() {
@@ -17,9 +18,18 @@ start_azure() {
     AZURE_SUBSCRIPTION=0a1b2c3d-0000-4000-8000-000000000042
     AZURE_BLOB_URL="http://127.0.0.1:$blob_port/devstoreaccount1"
     AZURE_ARM_URL="https://127.0.0.1:$arm_port"
+    local sas=()
+    if [ -n "${BANDWIDTH:-}" ]; then
+        local proxy_port
+        proxy_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        python3 "$root/tests/support/fault_proxy.py" --port "$proxy_port" --upstream "http://127.0.0.1:$blob_port" \
+            --stats "$dir/proxy.json" --match "^PUT /devstoreaccount1/" --rate 0 --bandwidth "$BANDWIDTH" &
+        AZURE_PIDS="$AZURE_PIDS $!"
+        sas=(--sas-base "http://127.0.0.1:$proxy_port/devstoreaccount1")
+    fi
     python3 "$root/tests/support/arm.py" --port "$arm_port" --cert "$dir/tls/server.pem" --key "$dir/tls/server.key" \
         --state "$dir/arm" --azurite "$AZURE_BLOB_URL" --tenant bench-tenant --client-id bench \
-        --client-secret bench-secret --subscription "$AZURE_SUBSCRIPTION" --groups bench --no-content &
+        --client-secret bench-secret --subscription "$AZURE_SUBSCRIPTION" --groups bench --no-content "${sas[@]}" &
     AZURE_PIDS="$AZURE_PIDS $!"
     for port in "$blob_port" "$arm_port"; do
         for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done

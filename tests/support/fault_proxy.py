@@ -17,6 +17,9 @@ forwarded data-plane requests in "matched_bytes".
 makes requests with a smaller body (e.g. the status queries of a GCS resumable upload) no data plane.
 --host is the address to listen on (default 127.0.0.1).
 
+--bandwidth MIB_PER_S reads the bodies of data-plane requests no faster than that, one rate shared by all of them
+(a provider's uplink across the internet, as a release step on a CI runner meets it); 0 is unlimited.
+
 --check-azure-pages makes the proxy check what Azurite does not: every Put Page (PUT ?comp=page) must carry a
 Content-MD5 matching its body, at most 4 MiB, and a 512-aligned range of exactly the body's length; a violation is
 answered 400 (Md5Mismatch / InvalidPageRange) and counted in "page_errors". Forwarded Put Page requests and their
@@ -67,6 +70,50 @@ def draw():
         return fault
 
 
+class Link:
+    """One shared uplink: bytes pass in order, at `rate` bytes per second in all."""
+
+    def __init__(self, rate):
+        self.rate = rate
+        self.free_at = time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self, n):
+        with self.lock:
+            start = max(time.monotonic(), self.free_at)
+            self.free_at = start + n / self.rate
+            until = self.free_at
+        delay = until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
+class Throttled:
+    """A request body stream read through a Link, 64 KiB at a time."""
+
+    def __init__(self, raw, link):
+        self.raw, self.link = raw, link
+
+    def read(self, n=-1):
+        if n is None or n < 0:
+            return self.raw.read()
+        parts = []
+        while n > 0:
+            part = self.raw.read(min(n, 64 << 10))
+            if not part:
+                break
+            self.link.take(len(part))
+            parts.append(part)
+            n -= len(part)
+        return b"".join(parts)
+
+    def readline(self, *a):
+        return self.raw.readline(*a)
+
+
+link = None
+
+
 ERRORS = {
     "500": (500, "InternalServerException", "injected internal error", {}),
     "503": (503, "SlowDown", "injected: please reduce your request rate", {}),
@@ -81,6 +128,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def read_body(self):
+        if link is not None and re.search(args.match, f"{self.command} {urllib.parse.urlparse(self.path).path}"):
+            raw, self.rfile = self.rfile, Throttled(self.rfile, link)
+            try:
+                return read_body(self)
+            finally:
+                self.rfile = raw
         return read_body(self)
 
     def reply(self, status, data, headers):
@@ -175,7 +228,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 def main():
-    global args, rng
+    global args, rng, link
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream", required=True)
@@ -189,10 +242,12 @@ def main():
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--script", default="")
     parser.add_argument("--min-body", type=int, default=0)
+    parser.add_argument("--bandwidth", type=float, default=0, help="MiB/s shared by the data-plane request bodies")
     args = parser.parse_args()
     args.faults = args.faults.split(",")
     args.script = [f for f in args.script.split(",") if f]
     rng = random.Random(args.seed)
+    link = Link(args.bandwidth * (1 << 20)) if args.bandwidth > 0 else None
     save()
     server = http.server.ThreadingHTTPServer((args.host, args.port), Handler)
     server.daemon_threads = True

@@ -152,7 +152,7 @@ pub async fn wait_available(
     ami: &str,
     cancel: &Cancel,
 ) -> Result<Ami, AwsError> {
-    poll_until(AVAILABLE_TIMEOUT, cancel, || async {
+    poll_until(&format!("AMI {ami} in {region} to be available"), AVAILABLE_TIMEOUT, cancel, || async {
         let out =
             ec2.describe_images().image_ids(ami).send().await.map_err(|e| error::call(region, "DescribeImages", &e))?;
         let Some(image) = out.images().first() else { return Ok(None) };

@@ -253,7 +253,8 @@ async fn import_snapshot(
         .map_err(|e| error::call_with_hint(region, "ImportSnapshot", &e, VMIMPORT_HINT))?;
     let task = started.import_task_id().unwrap_or_default().to_string();
     tracing::info!("AWS {region}: import task {task} started");
-    let polled = poll_until(Duration::from_secs(3 * 3600), &options.cancel, || async {
+    let what = format!("import task {task} in {region}");
+    let polled = poll_until(&what, Duration::from_secs(3 * 3600), &options.cancel, || async {
         let out = ec2
             .describe_import_snapshot_tasks()
             .import_task_ids(&task)

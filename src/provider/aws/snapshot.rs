@@ -18,7 +18,7 @@ pub async fn wait_completed(
     snapshot_id: &str,
     cancel: &Cancel,
 ) -> Result<(), AwsError> {
-    poll_until(COMPLETE_TIMEOUT, cancel, || async {
+    poll_until(&format!("snapshot {snapshot_id} in {region} to complete"), COMPLETE_TIMEOUT, cancel, || async {
         let out = ec2
             .describe_snapshots()
             .snapshot_ids(snapshot_id)

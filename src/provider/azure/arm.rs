@@ -244,12 +244,11 @@ impl Arm {
         let async_operation = first.header("azure-asyncoperation");
         let location = first.header("location");
         let mut pause = first.retry_after();
-        let mut backoff = Duration::from_millis(500);
-        let mut wait = |pause: Option<Duration>| {
-            let delay = pause.unwrap_or(backoff);
-            backoff = (backoff * 2).min(Duration::from_secs(15));
-            delay
-        };
+        let mut intervals = crate::transfer::PollIntervals::default();
+        let mut wait = |pause: Option<Duration>| pause.unwrap_or_else(|| intervals.next_pause());
+        if async_operation.is_some() || location.is_some() {
+            crate::logging::timeline(format_args!("waiting for {what}"));
+        }
         let check_time = || {
             if started.elapsed() > limit {
                 Err(AzureError::Timeout { what: what.to_string(), timeout: limit })

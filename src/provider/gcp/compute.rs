@@ -291,7 +291,7 @@ impl Compute {
     async fn wait(&self, op: Operation, what: &str, timeout: Duration, cancel: &Cancel) -> Result<(), GcpError> {
         let name = op.name.clone().unwrap_or_default();
         let mut polled = false;
-        let done = poll_until(timeout, cancel, || {
+        let done = poll_until(what, timeout, cancel, || {
             let (op, name, first) = (op.clone(), name.clone(), !polled);
             polled = true;
             async move {

@@ -263,7 +263,8 @@ async fn fill(
     let (digests, sent) = send_data(target, id, image, layout, options).await?;
     let timeout = o.timeout_duration().unwrap_or(std::time::Duration::from_secs(1800));
     let last_status = std::sync::Mutex::new(String::new());
-    let active = poll_until(timeout, &options.cancel, || async {
+    let what = format!("Glance image {id} to become active");
+    let active = poll_until(&what, timeout, &options.cancel, || async {
         let record = target.glance.get(id).await?;
         *last_status.lock().unwrap_or_else(|p| p.into_inner()) = record.status.clone();
         match record.status.as_str() {

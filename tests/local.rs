@@ -316,3 +316,47 @@ fn truncated_qcow2_fails_clearly_and_leaves_no_output() {
     assert!(stderr.contains("truncated") && stderr.contains("cut.qcow2"), "{stderr}");
     assert_eq!(entries(dir.path()), vec!["cut.qcow2"], "no output or temporary file");
 }
+
+/// `-v` shows when each variant checked, scanned, sent its first and last byte and waited for what, on one clock.
+#[test]
+fn the_verbose_log_has_a_timeline_per_variant() {
+    let server = moto::start();
+    let image = fixtures::gpt_image();
+    let ws = workspace(&aws_and_file_config("qcow2", "qcow2"), &image.path, "system.raw");
+    let quiet = moto::uplosi_command(ws.path(), &server.url).args(["upload", "system.raw", "-i"]).output().unwrap();
+    let quiet_stderr = String::from_utf8_lossy(&quiet.stderr);
+    assert!(
+        quiet.status.success() && !quiet_stderr.contains("timeline"),
+        "the timeline is for -v only: {quiet_stderr}"
+    );
+    let out = moto::uplosi_command(ws.path(), &server.url).args(["-v", "upload", "system.raw"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let timeline: Vec<&str> = stderr.lines().filter(|l| l.contains("timeline +")).collect();
+    let at = |line: &str| -> f64 {
+        let rest = &line[line.find("timeline +").unwrap() + "timeline +".len()..];
+        rest.split(' ').next().unwrap().parse().unwrap_or_else(|e| panic!("{line}: {e}"))
+    };
+    let seconds: Vec<f64> = timeline.iter().map(|l| at(l)).collect();
+    assert!(seconds.windows(2).all(|w| w[0] <= w[1]), "one clock, in order: {timeline:#?}");
+    let position = |needles: &[&str]| {
+        timeline
+            .iter()
+            .position(|l| needles.iter().all(|n| l.contains(n)))
+            .unwrap_or_else(|| panic!("no timeline line with {needles:?}: {timeline:#?}"))
+    };
+    let preflight = position(&["preflight done"]);
+    for (variant, provider, transfer) in [("cloud", "aws", "cloud EBS"), ("libvirt", "file", "libvirt qcow2")] {
+        let started = position(&[variant, &format!("upload to {provider} started")]);
+        let first = position(&[&format!("{transfer}: first byte")]);
+        let last = position(&[&format!("{transfer}: last byte")]);
+        assert!(preflight < started && started < first && first < last, "{variant}: {timeline:#?}");
+    }
+    assert!(position(&["image scan", "started"]) < position(&["image scan done"]), "{timeline:#?}");
+    let ebs_done = position(&["cloud EBS: last byte"]);
+    for waited in ["snapshot snap-", "AMI ami-"] {
+        let waiting = position(&["cloud:", &format!("waiting for {waited}")]);
+        let done = position(&["cloud:", waited, "done after"]);
+        assert!(ebs_done < waiting && waiting < done, "{waited}: {timeline:#?}");
+    }
+}

@@ -144,8 +144,9 @@ fn version_files(variants: &[VariantConfig]) -> BTreeMap<PathBuf, ImageVersion> 
 
 fn upload(args: &UploadArgs) -> Result<(), AppError> {
     let image = SourceImage::open(&args.image)?;
-    let config = Config::load(&args.config_dir)?;
-    let mut variants = config.resolve_selected(&args.enable_variant_glob, &args.disable_variant_glob)?;
+    let config = Config::load(&args.selection.config_dir)?;
+    let mut variants =
+        config.resolve_selected(&args.selection.enable_variant_glob, &args.selection.disable_variant_glob)?;
     let bumps = version_files(&variants);
     if args.increment_version && bumps.is_empty() {
         return Err(AppError::Usage(
@@ -337,8 +338,9 @@ fn measurements(args: &MeasurementsArgs, quiet: bool) -> Result<(), AppError> {
 
 /// `uplosi delete` and `uplosi prune`: the plan, a confirmation, the deletion, the report.
 fn lifecycle_run(args: &LifecycleArgs, mode: Mode) -> Result<(), AppError> {
-    let config = Config::load(&args.config_dir)?;
-    let variants = config.resolve_selected(&args.enable_variant_glob, &args.disable_variant_glob)?;
+    let config = Config::load(&args.selection.config_dir)?;
+    let variants =
+        config.resolve_selected(&args.selection.enable_variant_glob, &args.selection.disable_variant_glob)?;
     for cfg in &variants {
         if let Some((section, key)) = crate::provider::name_key(cfg.provider) {
             crate::config::names::NamePattern::of(cfg, section, key)

@@ -127,6 +127,22 @@ pub enum OutputFormat {
     Json,
 }
 
+/// Where the configuration is and which of its variants a command works on (`upload`, `delete`, `prune`).
+#[derive(Debug, Args)]
+pub struct VariantSelection {
+    /// Directory that holds uplosi.conf and uplosi.conf.d/; relative version files and paths resolve against it.
+    #[arg(short = 'c', long = "config", value_name = "DIR", default_value = ".")]
+    pub config_dir: PathBuf,
+
+    /// Only variants whose name matches one of these globs (repeat or separate with commas). Default: all.
+    #[arg(long = "enable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
+    pub enable_variant_glob: Vec<String>,
+
+    /// Skip variants whose name matches one of these globs (repeat or separate with commas).
+    #[arg(long = "disable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
+    pub disable_variant_glob: Vec<String>,
+}
+
 /// Arguments of `uplosi upload`.
 #[derive(Debug, Args)]
 pub struct UploadArgs {
@@ -141,17 +157,8 @@ pub struct UploadArgs {
     #[arg(long, value_enum, default_value_t = BumpPart::Patch, requires = "increment_version")]
     pub bump: BumpPart,
 
-    /// Directory that holds uplosi.conf and uplosi.conf.d/; relative version files resolve against it.
-    #[arg(short = 'c', long = "config", value_name = "DIR", default_value = ".")]
-    pub config_dir: PathBuf,
-
-    /// Only variants whose name matches one of these globs (repeat or separate with commas). Default: all.
-    #[arg(long = "enable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
-    pub enable_variant_glob: Vec<String>,
-
-    /// Skip variants whose name matches one of these globs (repeat or separate with commas).
-    #[arg(long = "disable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
-    pub disable_variant_glob: Vec<String>,
+    #[command(flatten)]
+    pub selection: VariantSelection,
 
     /// Validate everything and print the plan per variant; touch no network and write nothing.
     #[arg(long)]
@@ -283,17 +290,8 @@ pub struct BootCheckArgs {
 /// What `delete` and `prune` share.
 #[derive(Debug, Args)]
 pub struct LifecycleArgs {
-    /// Directory that holds uplosi.conf and uplosi.conf.d/.
-    #[arg(short = 'c', long = "config", value_name = "DIR", default_value = ".")]
-    pub config_dir: PathBuf,
-
-    /// Only variants whose name matches one of these globs (repeat or separate with commas). Default: all.
-    #[arg(long = "enable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
-    pub enable_variant_glob: Vec<String>,
-
-    /// Skip variants whose name matches one of these globs (repeat or separate with commas).
-    #[arg(long = "disable-variant-glob", value_name = "GLOB", value_delimiter = ',')]
-    pub disable_variant_glob: Vec<String>,
+    #[command(flatten)]
+    pub selection: VariantSelection,
 
     /// Print the plan only: list and describe calls, nothing deleted.
     #[arg(long)]

@@ -238,15 +238,7 @@ impl BootReport {
         for m in &self.mismatches {
             let dependent =
                 if self.machine_dependent.contains(&m.pcr) { " (depends on the machine, not judged)" } else { "" };
-            let _ = writeln!(
-                out,
-                "  PCR {} event {}: {}: expected {}, the TPM received {}{dependent}",
-                m.pcr,
-                m.position,
-                m.description.as_deref().unwrap_or("an event uplosi does not predict"),
-                m.expected.as_deref().unwrap_or("nothing"),
-                m.actual.as_deref().unwrap_or("nothing")
-            );
+            let _ = writeln!(out, "  {}{dependent}", m.sentence());
         }
         if !self.later_events.is_empty() {
             let mut counts: BTreeMap<u32, usize> = BTreeMap::new();

@@ -324,6 +324,26 @@ async fn register_foreign(endpoint: &str, region: &str, name: &str) -> String {
     image.image_id().unwrap_or_default().to_string()
 }
 
+/// A snapshot left over by a killed upload of `version` (tagged as uploads tag theirs, no AMI behind it).
+async fn leftover_snapshot(endpoint: &str, region: &str, version: &str) -> String {
+    let conf = support::moto::sdk_config(endpoint, region).await;
+    let ec2 = aws_sdk_ec2::Client::new(&conf);
+    let volume = ec2.create_volume().availability_zone(format!("{region}a")).size(1).send().await.expect("volume");
+    let tags = aws_sdk_ec2::types::TagSpecification::builder()
+        .resource_type(aws_sdk_ec2::types::ResourceType::Snapshot)
+        .tags(aws_sdk_ec2::types::Tag::builder().key("uplosi-name").value("podvm").build())
+        .tags(aws_sdk_ec2::types::Tag::builder().key("uplosi-version").value(version).build())
+        .build();
+    let snapshot = ec2
+        .create_snapshot()
+        .volume_id(volume.volume_id().unwrap_or_default())
+        .tag_specifications(tags)
+        .send()
+        .await
+        .expect("snapshot");
+    snapshot.snapshot_id().unwrap_or_default().to_string()
+}
+
 /// The AWS actions in a moto recording (query `Action=` for EC2, `X-Amz-Target` for SSM and the JSON protocols).
 fn recorded_actions(recording: &str) -> Vec<String> {
     use base64::Engine;
@@ -391,6 +411,21 @@ fn aws_prune_keeps_the_newest_in_every_region_with_their_snapshots_and_nothing_f
         ami
     });
     assert!(!rt.block_on(snapshots_of(&server.url, "us-east-1", "1.0.0")).is_empty(), "uploads tag their snapshots");
+    let leftover = rt.block_on(leftover_snapshot(&server.url, "us-east-1", "0.9.0"));
+
+    // Everything is seconds old (AMI CreationDate, the leftover snapshot's StartTime): --older-than keeps it all.
+    let recent = aws(&["prune", "--keep", "2", "--older-than", "24h", "--dry-run", "--output", "json"]);
+    assert!(recent.status.success(), "{}", text(&recent.stderr));
+    let recent = json(&recent);
+    assert_eq!(recent["variants"][0]["deleted"], serde_json::json!([]), "{recent}");
+    assert!(
+        recent["variants"][0]["kept"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|k| k["id"] == leftover.as_str() && k["reason"] == "younger than 1d"),
+        "the leftover snapshot is young: {recent}"
+    );
 
     // A dry run makes list and describe calls only, as moto's own request recorder shows.
     let moto_api = |action: &str| {
@@ -417,8 +452,9 @@ fn aws_prune_keeps_the_newest_in_every_region_with_their_snapshots_and_nothing_f
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = json(&out);
     let variant = &report["variants"][0];
-    assert_eq!(versions(&variant["deleted"]), ["1.0.0", "1.0.1", "1.0.2", "1.0.3"], "{report}");
+    assert_eq!(versions(&variant["deleted"]), ["0.9.0", "1.0.0", "1.0.1", "1.0.2", "1.0.3"], "{report}");
     let deleted = variant["deleted"].as_array().expect("deleted");
+    assert!(deleted.iter().any(|d| d["id"] == leftover.as_str() && d["kind"] == "snapshot"), "{report}");
     assert!(deleted.iter().any(|d| d["kind"] == "snapshot"), "the snapshots are listed: {report}");
     assert!(!deleted.iter().any(|d| d["id"] == pinned.as_str()), "the AMI the SSM parameter points to stays: {report}");
     assert!(
@@ -498,6 +534,23 @@ fn gcp_prune_deletes_old_images_and_leftover_objects_of_the_variant_only() {
     assert!(dry.status.success(), "{}", text(&dry.stderr));
     assert!(gcp.requests()[before..].iter().all(|r| r["method"] == "GET"), "a dry run only reads");
 
+    // The seeded image is 30 days old (creationTimestamp); the uploads and the leftover object (timeCreated) are
+    // seconds old.
+    let recent = uplosi(&["prune", "--keep", "2", "--older-than", "24h", "--dry-run", "--output", "json"]);
+    assert!(recent.status.success(), "{}", text(&recent.stderr));
+    let recent = json(&recent);
+    assert_eq!(versions(&recent["variants"][0]["deleted"]), ["0.9.0"], "{recent}");
+    let young: Vec<(&str, &str)> = recent["variants"][0]["kept"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["reason"] == "younger than 1d")
+        .filter_map(|k| Some((k["version"].as_str()?, k["kind"].as_str()?)))
+        .collect();
+    for young_one in [("1.0.0", "image"), ("1.0.1", "image"), ("1.0.1", "object")] {
+        assert!(young.contains(&young_one), "{young_one:?} is younger than 1d: {recent}");
+    }
+
     let out = uplosi(&["prune", "--keep", "2", "--yes", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = json(&out);
@@ -521,8 +574,10 @@ fn gcp_prune_deletes_old_images_and_leftover_objects_of_the_variant_only() {
 #[test]
 fn azure_prune_deletes_old_gallery_versions_and_a_leftover_disk_and_keeps_the_definition() {
     use support::azure::{self, Azure};
-    let azure =
-        Azure::start(azure::Options { seed_disks: vec!["podvm-0.9.0", "someone-elses-disk"], ..Default::default() });
+    let azure = Azure::start(azure::Options {
+        seed_disks: vec!["podvm-0.9.0", "podvm-0.9.1@0", "someone-elses-disk"],
+        ..Default::default()
+    });
     let ws = Workspace::new();
     ws.write(
         "uplosi.conf",
@@ -562,11 +617,29 @@ fn azure_prune_deletes_old_gallery_versions_and_a_leftover_disk_and_keeps_the_de
         .collect();
     assert!(writes.is_empty(), "a dry run only reads: {writes:?}");
 
+    // The versions were published seconds ago (publishedDate), the leftover disks today and 30 days ago
+    // (timeCreated).
+    let recent = uplosi(&["prune", "--keep", "1", "--older-than", "24h", "--dry-run", "--output", "json"]);
+    assert!(recent.status.success(), "{}", text(&recent.stderr));
+    let recent = json(&recent);
+    let variant = &recent["variants"][0];
+    assert_eq!(versions(&variant["deleted"]), ["0.9.0"], "only the old disk: {recent}");
+    assert_eq!(variant["deleted"][0]["kind"], "disk", "{recent}");
+    let mut young: Vec<&str> = variant["kept"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["reason"] == "younger than 1d")
+        .filter_map(|k| k["version"].as_str())
+        .collect();
+    young.sort_unstable();
+    assert_eq!(young, ["0.9.1", "1.0.0", "1.0.1"], "{recent}");
+
     let out = uplosi(&["prune", "--keep", "1", "--yes", "--output", "json"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report = json(&out);
     let variant = &report["variants"][0];
-    assert_eq!(versions(&variant["deleted"]), ["0.9.0", "1.0.0", "1.0.1"], "{report}");
+    assert_eq!(versions(&variant["deleted"]), ["0.9.0", "0.9.1", "1.0.0", "1.0.1"], "{report}");
     let kinds: Vec<&str> =
         variant["deleted"].as_array().into_iter().flatten().filter_map(|d| d["kind"].as_str()).collect();
     assert!(kinds.contains(&"disk") && kinds.contains(&"image-version"), "{report}");

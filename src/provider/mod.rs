@@ -205,3 +205,20 @@ pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), Pro
         Provider::Azure => Ok(azure::delete_stored(cfg, item).await?),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_timestamp;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn each_clouds_creation_time_is_read() {
+        let at = |secs: u64, nanos: u32| SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+        // AWS CreationDate, Glance created_at, GCE creationTimestamp, Azure timeCreated/publishedDate (7 digits).
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05.000Z"), Some(at(1_704_164_645, 0)));
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05Z"), Some(at(1_704_164_645, 0)));
+        assert_eq!(parse_timestamp("2024-01-01T19:04:05.123-08:00"), Some(at(1_704_164_645, 123_000_000)));
+        assert_eq!(parse_timestamp("2024-01-02T03:04:05.1234567+00:00"), Some(at(1_704_164_645, 123_456_700)));
+        assert_eq!(parse_timestamp("yesterday"), None);
+    }
+}

@@ -57,6 +57,12 @@ lock = threading.RLock()
 tokens = set()
 resources = {}  # lowercased resource id -> resource dict
 disk_state = {}  # lowercased disk id -> {"state", "blob", "size"}
+
+
+def arm_time(days_ago=0):
+    """A timestamp as Resource Manager writes timeCreated and publishedDate: 7 fractional digits, +00:00."""
+    at = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=days_ago)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.%f") + "0+00:00"
 operations = {}  # id -> {"polls", "status", "error", "result", "apply"}
 
 
@@ -523,7 +529,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if state is not None:
             return self.answer(409, arm_error("OperationNotAllowed", f"Disk '{name}' exists; an upload disk cannot be changed."))
         resource = {"id": rid, "name": name, "type": "Microsoft.Compute/disks", "location": body["location"],
-                    "sku": body.get("sku"), "tags": body.get("tags") or {}, "properties": dict(props)}
+                    "sku": body.get("sku"), "tags": body.get("tags") or {}, "properties": dict(props, timeCreated=arm_time())}
         with lock:
             disk_state[key] = {"state": "ReadyToUpload", "blob": None, "size": size}
         existed, apply = self.put(key, resource)
@@ -562,7 +568,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if disk["state"] == "ActiveUpload":
             return self.answer(409, arm_error("OperationNotAllowed", "The source disk is in ActiveUpload state; revoke access first."))
         props = dict(props)
-        props["publishingProfile"] = dict(props.get("publishingProfile") or {}, publishedDate=datetime.datetime.now(datetime.timezone.utc).isoformat())
+        props["publishingProfile"] = dict(props.get("publishingProfile") or {}, publishedDate=arm_time())
         resource = {"id": rid, "name": name, "type": "Microsoft.Compute/galleries/images/versions",
                     "location": body["location"], "tags": body.get("tags") or {}, "properties": props}
         blob = disk.get("blob")
@@ -607,14 +613,16 @@ def main():
     p.add_argument("--retry-after", type=int, default=0, help="Retry-After of operation answers")
     p.add_argument("--fail-version", default=None)
     p.add_argument("--no-content", action="store_true", help="record only the page ranges of a version's disk")
-    p.add_argument("--seed-disk", action="append", default=[], help="NAME of a disk left over in the first group")
+    p.add_argument("--seed-disk", action="append", default=[], help="NAME[@DAYS] of a disk left over in the first group, created DAYS (30) days ago")
     args = p.parse_args()
     os.makedirs(args.state, exist_ok=True)
     group = args.groups.split(",")[0]
-    for name in args.seed_disk:
+    for seed in args.seed_disk:
+        name, _, days = seed.partition("@")
         rid = f"/subscriptions/{args.subscription}/resourceGroups/{group}/providers/Microsoft.Compute/disks/{name}"
         resources[rid.lower()] = {"id": rid, "name": name, "type": "Microsoft.Compute/disks", "location": "eastus",
-                                  "tags": {}, "properties": {"provisioningState": "Succeeded", "diskState": "ReadyToUpload"}}
+                                  "tags": {}, "properties": {"provisioningState": "Succeeded", "diskState": "ReadyToUpload",
+                                                                "timeCreated": arm_time(days_ago=int(days or 30))}}
         disk_state[rid.lower()] = {"state": "ReadyToUpload", "blob": None, "size": 20 << 20}
     serve(Handler, args.port, args.cert, args.key)
 

@@ -61,8 +61,9 @@ account = None
 public_key = None
 
 
-def now():
-    return time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime())
+def now(days_ago=0):
+    """A creationTimestamp as Compute Engine writes it (RFC 3339, milliseconds, an offset)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000-00:00", time.gmtime(time.time() - days_ago * 86400))
 
 
 def record(entry):
@@ -404,7 +405,7 @@ def main():
     parser.add_argument("--polls", type=int, default=2)
     parser.add_argument("--fail-insert")
     parser.add_argument("--metadata-only", action="store_true")
-    parser.add_argument("--seed-image", action="append", default=[], help="NAME:FAMILY of an existing READY image")
+    parser.add_argument("--seed-image", action="append", default=[], help="NAME:FAMILY of an existing READY image, created 30 days ago")
     args = parser.parse_args()
     from cryptography.hazmat.primitives import serialization
     with open(args.account) as f:
@@ -416,7 +417,7 @@ def main():
     for seed in args.seed_image:
         name, family = seed.split(":")
         images[name] = {"kind": "compute#image", "name": name, "family": family, "status": "READY",
-                        "selfLink": f"{link}/images/{name}", "creationTimestamp": now(),
+                        "selfLink": f"{link}/images/{name}", "creationTimestamp": now(days_ago=30),
                         "_policy": {"version": 1, "bindings": [], "etag": "ACAB"}}
     serve(Handler, args.port, args.cert, args.key)
 

@@ -4,6 +4,7 @@
 //! the AMI it points to, or goes if it points at an AMI that no longer exists.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use aws_config::SdkConfig;
 use aws_sdk_ec2::types::Filter;
@@ -88,7 +89,7 @@ async fn list_region(
 
     // Snapshots the uploads tagged (with the version, or named by snapshotName): behind their version's AMI in
     // this region, or left over.
-    let mut snapshots: BTreeMap<String, (ImageVersion, Option<String>)> = BTreeMap::new();
+    let mut snapshots: BTreeMap<String, (ImageVersion, Option<String>, Option<SystemTime>)> = BTreeMap::new();
     let mut filters = vec![Filter::builder().name(format!("tag:{TAG_NAME}")).values(&cfg.name).build()];
     if let Some(pattern) = snapshot_pattern {
         filters.push(Filter::builder().name("tag:Name").values(pattern.glob()).build());
@@ -115,7 +116,8 @@ async fn list_region(
                     .and_then(|v| v.parse::<ImageVersion>().ok())
                     .or_else(|| snapshot_pattern.and_then(|p| p.version_of(tag(tags, "Name")?)));
                 if let (Some(version), Some(id)) = (version, snapshot.snapshot_id()) {
-                    snapshots.insert(id.to_string(), (version, tag(tags, TAG_NAME).map(str::to_string)));
+                    let started = snapshot.start_time().and_then(|t| SystemTime::try_from(*t).ok());
+                    snapshots.insert(id.to_string(), (version, tag(tags, TAG_NAME).map(str::to_string), started));
                 }
             }
             token = page.next_token().filter(|t| !t.is_empty()).map(str::to_string);
@@ -125,7 +127,7 @@ async fn list_region(
         }
     }
     let mut leftovers = Vec::new();
-    for (id, (version, tag_name)) in snapshots {
+    for (id, (version, tag_name, started)) in snapshots {
         if amis.iter().any(|a| a.behind.iter().any(|(_, s)| *s == id)) {
             continue;
         }
@@ -134,6 +136,7 @@ async fn list_region(
             None => {
                 let mut item = Stored::new(version, "snapshot", id);
                 item.region = Some(region.to_string());
+                item.created = started;
                 item.tag_name = tag_name;
                 leftovers.push(item);
             }

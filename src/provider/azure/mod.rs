@@ -498,6 +498,8 @@ pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<crate::provider::Sto
             if let Some(version) = pattern.version_of(name) {
                 let mut item = Stored::new(version, "disk", resource_id(&disk, &format!("{disks}/{name}")));
                 item.region = disk.get("location").and_then(Value::as_str).map(crate::config::model::azure_region);
+                item.created =
+                    disk.pointer("/properties/timeCreated").and_then(Value::as_str).and_then(parse_timestamp);
                 item.tag_name = disk.pointer(&format!("/tags/{TAG_NAME}")).and_then(Value::as_str).map(str::to_string);
                 found.push(item);
             }

@@ -277,9 +277,11 @@ pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<crate::provider::Sto
     }
     if let (Ok(objects), Some(bucket)) = (NamePattern::of(cfg, Section::Gcp, "blobName"), g.bucket.as_deref()) {
         let prefix = objects.glob().split('*').next().unwrap_or_default().to_string();
-        for name in session.gcs.list_objects(bucket, &prefix).await? {
+        for (name, time_created) in session.gcs.list_objects(bucket, &prefix).await? {
             if let Some(version) = objects.version_of(&name) {
-                found.push(Stored::new(version, "object", format!("gs://{bucket}/{name}")));
+                let mut item = Stored::new(version, "object", format!("gs://{bucket}/{name}"));
+                item.created = time_created.as_deref().and_then(parse_timestamp);
+                found.push(item);
             }
         }
     }

@@ -135,9 +135,9 @@ impl Gcs {
         }
     }
 
-    /// The names of the objects in `bucket` whose name starts with `prefix` (all pages); none if there is no such
-    /// bucket.
-    pub async fn list_objects(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, GcpError> {
+    /// The objects in `bucket` whose name starts with `prefix` (all pages): each name with its `timeCreated`;
+    /// none if there is no such bucket.
+    pub async fn list_objects(&self, bucket: &str, prefix: &str) -> Result<Vec<(String, Option<String>)>, GcpError> {
         let mut names = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -150,7 +150,7 @@ impl Gcs {
             let Some(page) = self.call(Method::GET, &path, None, &what).await? else { return Ok(names) };
             for item in page["items"].as_array().into_iter().flatten() {
                 if let Some(name) = item["name"].as_str() {
-                    names.push(name.to_string());
+                    names.push((name.to_string(), item["timeCreated"].as_str().map(str::to_string)));
                 }
             }
             match page["nextPageToken"].as_str().filter(|t| !t.is_empty()) {

@@ -263,3 +263,45 @@ fn measurements_file_in_config_is_written_before_the_upload() {
     assert_eq!(written, direct);
     assert!(ws.path().join("podvm.raw").exists(), "the upload ran after the measurements");
 }
+
+/// The UKI at `from` with the stub version in its `.sdmagic` replaced by `version` (of the same length).
+fn with_stub_version(from: &Path, to: &Path, version: &str) {
+    let mut bytes = std::fs::read(from).unwrap();
+    let marker = b"LoaderInfo: systemd-stub ";
+    let at = bytes.windows(marker.len()).position(|w| w == marker).expect(".sdmagic") + marker.len();
+    let old_len = bytes[at..].iter().position(|&b| b == b' ').unwrap();
+    assert_eq!(old_len, version.len(), "the test keeps the section's length");
+    bytes[at..at + old_len].copy_from_slice(version.as_bytes());
+    std::fs::write(to, bytes).unwrap();
+}
+
+#[test]
+fn a_stub_newer_than_the_newest_model_is_measured_as_the_newest_with_a_warning() {
+    let fx = Fixture::new(&Parts::default());
+    let original = String::from_utf8_lossy(&std::fs::read(&fx.uki).unwrap()).into_owned();
+    let shipped = original.split("LoaderInfo: systemd-stub ").nth(1).and_then(|r| r.split(' ').next()).unwrap();
+    let width = shipped.len();
+    let measure = |version: &str| {
+        let uki = fx.dir.path().join(format!("uki-{version}.efi"));
+        with_stub_version(&fx.uki, &uki, version);
+        let disk = fx.disk(&format!("disk-{version}.raw"), 32, 64, &[("EFI/BOOT/BOOTX64.EFI", &uki)]);
+        measurements_json(&disk, &[])
+    };
+    // Debian's versions are long ("252.39-1~deb12u1"); pad the made-up ones to the same length.
+    let pad = |v: &str| format!("{v}{}", "-1".repeat(width)).chars().take(width).collect::<String>();
+    let (newest, _, newest_err) = measure(&pad("262.1"));
+    let (future, _, future_err) = measure(&pad("263.1"));
+    let (ours, _, _) = measure(shipped);
+    assert!(!newest_err.contains("newer than the newest"), "{newest_err}");
+    assert!(
+        future_err.contains(&format!(
+            "systemd-stub {} is newer than the newest release uplosi models (262); measured as 262",
+            pad("263.1")
+        )),
+        "{future_err}"
+    );
+    for pcr in [9, 11] {
+        assert_eq!(expected(&future, pcr), expected(&newest, pcr), "PCR {pcr}: 263 is measured as 262");
+    }
+    assert_ne!(expected(&future, 11), expected(&ours, 11), "{shipped} measures fewer sections than 262");
+}

@@ -324,6 +324,26 @@ async fn register_foreign(endpoint: &str, region: &str, name: &str) -> String {
     image.image_id().unwrap_or_default().to_string()
 }
 
+/// Gives the workspace's sparse image a 4 KiB block of data, so every provider has something to upload.
+fn put_data_into_image(ws: &Workspace) {
+    use std::os::unix::fs::FileExt;
+    let image = std::fs::File::options().write(true).open(ws.image()).expect("image");
+    image.write_all_at(&[7u8; 4096], 0).expect("data");
+}
+
+/// Uploads versions 1.0.`patches` one after the other through `uplosi`, writing each into the version file.
+fn upload_versions(
+    ws: &Workspace,
+    patches: std::ops::RangeInclusive<u32>,
+    uplosi: impl Fn(&[&str]) -> std::process::Output,
+) {
+    for patch in patches {
+        ws.write("version.txt", &format!("1.0.{patch}\n"));
+        let out = uplosi(&["upload", "system.raw"]);
+        assert!(out.status.success(), "1.0.{patch}: {}", text(&out.stderr));
+    }
+}
+
 /// A snapshot left over by a killed upload of `version` (tagged as uploads tag theirs, no AMI behind it).
 async fn leftover_snapshot(endpoint: &str, region: &str, version: &str) -> String {
     let conf = support::moto::sdk_config(endpoint, region).await;
@@ -375,17 +395,9 @@ fn aws_prune_keeps_the_newest_in_every_region_with_their_snapshots_and_nothing_f
         "uplosi.conf",
         "[base]\nname = \"podvm\"\nprovider = \"aws\"\nimageVersionFile = \"version.txt\"\n\n[base.aws]\nregion = \"us-east-1\"\nreplicationRegions = [\"eu-west-1\"]\nssmParameter = \"/podvm/pinned\"\n",
     );
-    {
-        use std::os::unix::fs::FileExt;
-        let image = std::fs::File::options().write(true).open(ws.image()).expect("image");
-        image.write_all_at(&[7u8; 4096], 0).expect("data");
-    }
+    put_data_into_image(&ws);
     let aws = |args: &[&str]| support::moto::uplosi_command(ws.path(), &server.url).args(args).output().expect("run");
-    for patch in 0..=5 {
-        ws.write("version.txt", &format!("1.0.{patch}\n"));
-        let out = aws(&["upload", "system.raw"]);
-        assert!(out.status.success(), "1.0.{patch}: {}", text(&out.stderr));
-    }
+    upload_versions(&ws, 0..=5, aws);
     let rt = aws_runtime();
     let foreign: Vec<String> = rt.block_on(async {
         let mut ids = Vec::new();
@@ -512,20 +524,12 @@ fn gcp_prune_deletes_old_images_and_leftover_objects_of_the_variant_only() {
             gcp.config("podvm-uploads")
         ),
     );
-    {
-        use std::os::unix::fs::FileExt;
-        let image = std::fs::File::options().write(true).open(ws.image()).expect("image");
-        image.write_all_at(&[7u8; 4096], 0).expect("data");
-    }
+    put_data_into_image(&ws);
     let uplosi = |args: &[&str]| {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
         gcp.std_env(&mut cmd).current_dir(ws.path()).env_remove("RUST_LOG").args(args).output().expect("run")
     };
-    for patch in 0..=3 {
-        ws.write("version.txt", &format!("1.0.{patch}\n"));
-        let out = uplosi(&["upload", "system.raw"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
+    upload_versions(&ws, 0..=3, uplosi);
     gcp.put_object("podvm-uploads", "podvm-1-0-1.tar.gz", b"a leftover of a killed upload");
     gcp.put_object("podvm-uploads", "unrelated.tar.gz", b"someone else's");
 
@@ -591,20 +595,12 @@ fn azure_prune_deletes_old_gallery_versions_and_a_leftover_disk_and_keeps_the_de
         ),
     );
     std::fs::File::create(ws.image()).and_then(|f| f.set_len(20 << 20)).expect("image");
-    {
-        use std::os::unix::fs::FileExt;
-        let image = std::fs::File::options().write(true).open(ws.image()).expect("image");
-        image.write_all_at(&[7u8; 4096], 0).expect("data");
-    }
+    put_data_into_image(&ws);
     let uplosi = |args: &[&str]| {
         let mut cmd = std::process::Command::new(assert_cmd::cargo::cargo_bin("uplosi"));
         azure.std_env(&mut cmd).current_dir(ws.path()).env_remove("RUST_LOG").args(args).output().expect("run")
     };
-    for patch in 0..=4 {
-        ws.write("version.txt", &format!("1.0.{patch}\n"));
-        let out = uplosi(&["upload", "system.raw"]);
-        assert!(out.status.success(), "{}", text(&out.stderr));
-    }
+    upload_versions(&ws, 0..=4, uplosi);
     ws.write("version.txt", "1.0.2\n");
 
     let before = azure.requests().len();

@@ -55,6 +55,19 @@ pub struct Kept {
     pub kind: &'static str,
 }
 
+impl Kept {
+    /// `item`, kept for `reason`.
+    fn of(item: &Stored, reason: String) -> Self {
+        Self {
+            version: item.version.to_string(),
+            reason,
+            region: item.region.clone(),
+            id: item.id.clone(),
+            kind: item.kind,
+        }
+    }
+}
+
 /// Something that could not be listed or deleted.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Failed {
@@ -204,13 +217,7 @@ pub fn decide(
             }
         };
         match reason {
-            Some(reason) => kept.push(Kept {
-                version: item.version.to_string(),
-                reason,
-                region: item.region.clone(),
-                id: item.id.clone(),
-                kind: item.kind,
-            }),
+            Some(reason) => kept.push(Kept::of(&item, reason)),
             None => delete.push(item),
         }
     }
@@ -299,13 +306,7 @@ pub async fn execute(variants: &[VariantConfig], outcomes: &mut [VariantOutcome]
                     Some(Ok(())) => outcome.deleted.extend(deleted_entries(item)),
                     Some(Err(e)) => outcome.failed.push(Failed { id: item.id.clone(), error: e.to_string() }),
                     // Not started: it stays, and a second run deletes it.
-                    None => outcome.kept.push(Kept {
-                        version: item.version.to_string(),
-                        reason: "not deleted: interrupted".into(),
-                        region: item.region.clone(),
-                        id: item.id.clone(),
-                        kind: item.kind,
-                    }),
+                    None => outcome.kept.push(Kept::of(item, "not deleted: interrupted".into())),
                 }
             }
         }

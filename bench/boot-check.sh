@@ -7,6 +7,7 @@
 # Usage: bench/boot-check.sh [WORKDIR]   (default: a temporary directory, removed afterwards)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH="$PWD/bench"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 export PATH="$PATH:/usr/sbin:/sbin"
 for tool in objcopy objdump sfdisk mkfs.vfat mcopy /usr/bin/time qemu-system-x86_64 swtpm; do
@@ -43,13 +44,7 @@ for pair in .osrel=osrel .cmdline=cmdline .linux="$PARTS/vmlinuz" .initrd=initrd
     vma=$(( vma + ($(stat -L -c %s "${pair#*=}") + 4095) / 4096 * 4096 ))
 done
 objcopy "${args[@]}" "$stub" uki.efi
-rm -f esp.img disk.raw
-mkfs.vfat -F 32 -C esp.img $((256 * 1024)) >/dev/null
-mmd -i esp.img ::/EFI ::/EFI/BOOT
-mcopy -i esp.img uki.efi ::/EFI/BOOT/BOOTX64.EFI
-truncate -s 2G disk.raw
-printf 'label: gpt\n,256MiB,U\n,,L\n' | sfdisk -q disk.raw
-dd if=esp.img of=disk.raw bs=1M seek=1 conv=notrunc,sparse status=none
+"$BENCH/uki-disk.sh" uki.efi disk.raw
 echo "input: 2 GiB GPT image, UKI $(stat -c %s uki.efi) bytes on systemd-stub $(basename "$(dirname "$stub")"); $(nproc) cores"
 
 for accel in kvm tcg; do

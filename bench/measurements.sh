@@ -7,6 +7,7 @@
 # Usage: bench/measurements.sh [WORKDIR]   (default: a temporary directory, removed afterwards)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BENCH="$PWD/bench"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 export PATH="$PATH:/usr/sbin:/sbin"
 STUB=/usr/lib/systemd/boot/efi/linuxx64.efi.stub
@@ -32,13 +33,7 @@ objcopy --add-section .osrel=osrel --change-section-vma .osrel=0x20000 \
     --add-section .cmdline=cmdline --change-section-vma .cmdline=0x30000 \
     --add-section .linux="$kernel" --change-section-vma .linux=0x2000000 \
     --add-section .initrd=initrd --change-section-vma .initrd=0x3000000 "$STUB" uki.efi
-rm -f esp.img disk.raw
-mkfs.vfat -F 32 -C esp.img $((256 * 1024)) >/dev/null
-mmd -i esp.img ::/EFI ::/EFI/BOOT
-mcopy -i esp.img uki.efi ::/EFI/BOOT/BOOTX64.EFI
-truncate -s 2G disk.raw
-printf 'label: gpt\n,256MiB,U\n,,L\n' | sfdisk -q disk.raw
-dd if=esp.img of=disk.raw bs=1M seek=1 conv=notrunc,sparse status=none
+"$BENCH/uki-disk.sh" uki.efi disk.raw
 # Fill the root partition with data so the image is a realistic 2 GiB.
 dd if=/dev/urandom of=disk.raw bs=1M seek=300 count=1024 conv=notrunc status=none
 cat disk.raw > /dev/null

@@ -190,19 +190,14 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
     let checked = runtime.block_on(release::check(&variants, &options))?;
     // The boot check runs here, after the checks and before the first byte moves, on this (long-lived) thread: its
     // QEMU and swtpm die with the thread that started them.
-    let mut boot_failure = None;
-    let mut boot_report = None;
-    let outcomes = match &boot_check {
-        Some((boot_options, _)) => {
-            let report = boot::boot_check(&image, boot_options, &cancel)?;
-            eprint!("{}", report.summary());
-            boot_failure = report.failure();
-            boot_report = Some(report);
-            match &boot_failure {
-                Some(reason) => checked.skip_all(&format!("not started: the boot check failed: {reason}")),
-                None => runtime.block_on(release::upload(&variants, &image, &options, checked)),
-            }
-        }
+    let boot_report =
+        boot_check.as_ref().map(|(boot_options, _)| boot::boot_check(&image, boot_options, &cancel)).transpose()?;
+    if let Some(report) = &boot_report {
+        eprint!("{}", report.summary());
+    }
+    let boot_failure = boot_report.as_ref().and_then(boot::BootReport::failure);
+    let outcomes = match &boot_failure {
+        Some(reason) => checked.skip_all(&format!("not started: the boot check failed: {reason}")),
         None => runtime.block_on(release::upload(&variants, &image, &options, checked)),
     };
 

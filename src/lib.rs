@@ -28,5 +28,6 @@ pub mod progress;
 pub mod provider;
 pub mod release;
 pub mod report;
+pub mod timeline;
 pub mod transfer;
 pub mod version;

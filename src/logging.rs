@@ -20,20 +20,9 @@ pub fn color() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-/// When the run started, for [`timeline`].
-static STARTED: OnceLock<std::time::Instant> = OnceLock::new();
-
-/// A timeline line at debug level (`-v`): seconds since the run started, then `event` (preflight, image scan,
-/// first and last byte, each control-plane wait), in the current variant's span, so one run shows which variant
-/// waited for what.
-pub fn timeline(event: std::fmt::Arguments<'_>) {
-    let at = STARTED.get_or_init(std::time::Instant::now).elapsed().as_secs_f64();
-    tracing::debug!("timeline +{at:.2} s: {event}");
-}
-
 /// Installs the subscriber: `level` for uplosi's own lines, `warn` for libraries, unless `RUST_LOG` says otherwise.
 pub fn init(level: &str) {
-    STARTED.get_or_init(std::time::Instant::now);
+    crate::timeline::start();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(format!("uplosi={level},warn")));
     let format = LineFormat { time: !std::io::stderr().is_terminal() };
     tracing_subscriber::fmt()

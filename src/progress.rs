@@ -208,7 +208,7 @@ impl Progress {
     /// Adds `n` bytes.
     pub fn inc(&self, n: u64) {
         if n > 0 && !self.started.swap(true, Ordering::Relaxed) {
-            crate::logging::timeline(format_args!("{}: first byte", self.bar.message()));
+            crate::timeline::note(format_args!("{}: first byte", self.bar.message()));
         }
         self.bar.inc(n);
         if let Some(log) = &self.log {
@@ -223,7 +223,7 @@ impl Progress {
 
     /// Removes the bar (and ends its log lines).
     pub fn finish(&self) {
-        crate::logging::timeline(format_args!(
+        crate::timeline::note(format_args!(
             "{}: last byte ({} of {} B)",
             self.bar.message(),
             self.bar.position(),

@@ -83,9 +83,9 @@ impl Checked {
 pub async fn check(variants: &[VariantConfig], options: &RunOptions) -> Result<Checked, ProviderError> {
     // Every provider and credential is checked before the first byte moves, so a run does not stop half-way for a
     // reason that was knowable up front. The checks are independent, so they run together.
-    crate::logging::timeline(format_args!("preflight of {} variant(s) started", variants.len()));
+    crate::timeline::note(format_args!("preflight of {} variant(s) started", variants.len()));
     let checks = join_all(variants.iter().map(|cfg| provider::preflight(cfg).instrument(span(cfg)))).await;
-    crate::logging::timeline(format_args!("preflight done"));
+    crate::timeline::note(format_args!("preflight done"));
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(variants.len());
     let mut usage = None;
     for (cfg, check) in variants.iter().zip(checks) {
@@ -144,7 +144,7 @@ pub async fn upload(
                 return Some(Outcome::skipped(why));
             }
             tracing::info!("uploading to {}", cfg.provider.as_str());
-            crate::logging::timeline(format_args!("upload to {} started", cfg.provider.as_str()));
+            crate::timeline::note(format_args!("upload to {} started", cfg.provider.as_str()));
             line.set(&format!("uploading to {}", cfg.provider.as_str()));
             let outcome = match provider::upload(cfg, image, &options.upload).await {
                 Ok(references) => {

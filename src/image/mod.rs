@@ -220,9 +220,9 @@ impl SourceImage {
         let map = match &*slot {
             Some(map) => map.clone(),
             None => {
-                crate::logging::timeline(format_args!("image scan at {base} B blocks started"));
+                crate::timeline::note(format_args!("image scan at {base} B blocks started"));
                 let map = self.scan(base, threads, cancel)?;
-                crate::logging::timeline(format_args!("image scan done: {} B of data", map.data_bytes()));
+                crate::timeline::note(format_args!("image scan done: {} B of data", map.data_bytes()));
                 *slot = Some(map.clone());
                 map
             }

@@ -232,14 +232,14 @@ where
     Fut: Future<Output = Result<Option<T>, E>>,
 {
     let started = Instant::now();
-    crate::logging::timeline(format_args!("waiting for {what}"));
+    crate::timeline::note(format_args!("waiting for {what}"));
     let mut intervals = PollIntervals::default();
     loop {
         if cancel.is_cancelled() {
             return Err(Stopped::Interrupted);
         }
         if let Some(value) = check().await.map_err(Stopped::Failed)? {
-            crate::logging::timeline(format_args!("{what}: done after {:.2} s", started.elapsed().as_secs_f64()));
+            crate::timeline::note(format_args!("{what}: done after {:.2} s", started.elapsed().as_secs_f64()));
             return Ok(value);
         }
         if started.elapsed() > timeout {

@@ -247,7 +247,7 @@ impl Arm {
         let mut intervals = crate::transfer::PollIntervals::default();
         let mut wait = |pause: Option<Duration>| pause.unwrap_or_else(|| intervals.next_pause());
         if async_operation.is_some() || location.is_some() {
-            crate::logging::timeline(format_args!("waiting for {what}"));
+            crate::timeline::note(format_args!("waiting for {what}"));
         }
         let check_time = || {
             if started.elapsed() > limit {

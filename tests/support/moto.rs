@@ -66,19 +66,31 @@ pub fn start() -> Server {
 /// Starts moto's server (`moto.server`, the module behind `moto_server`) on a free port, its EBS direct
 /// StartSnapshot answering BlockSize `block_size`.
 pub fn start_with_block_size(block_size: u64) -> Server {
-    let port = free_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_ebs.py");
+    spawn(&[script], Some(block_size))
+}
+
+/// Starts stock moto, as `moto_server` runs it: nothing patched (its StartSnapshot answers BlockSize 512).
+pub fn start_stock() -> Server {
+    spawn(&["-m", "moto.server"], None)
+}
+
+fn spawn(program: &[&str], block_size: Option<u64>) -> Server {
+    let port = free_port();
     let scratch = tempfile::tempdir().expect("moto scratch directory");
-    let mut child = Command::new("python3")
-        .arg(script)
+    let mut command = Command::new("python3");
+    command
+        .args(program)
         .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .env("UPLOSI_TEST_EBS_BLOCK_SIZE", block_size.to_string())
         .env("MOTO_RECORDER_FILEPATH", scratch.path().join("recording"))
         .current_dir(scratch.path())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("moto_server must be installed (pip install 'moto[server]'; scripts/test.sh does it)");
+        .stderr(Stdio::null());
+    if let Some(size) = block_size {
+        command.env("UPLOSI_TEST_EBS_BLOCK_SIZE", size.to_string());
+    }
+    let mut child =
+        command.spawn().expect("moto_server must be installed (pip install 'moto[server]'; scripts/test.sh does it)");
     wait_listening(port, &mut child, "moto_server");
     Server { child, url: format!("http://127.0.0.1:{port}"), port, _scratch: Some(scratch) }
 }

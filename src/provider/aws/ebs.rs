@@ -1,7 +1,8 @@
 //! Uploading the image as an EBS snapshot through the EBS direct APIs (as awslabs/coldsnap does).
 //!
-//! Blocks are as large as StartSnapshot says (EBS: 512 KiB; any power of two from 512 bytes to 16 MiB is served).
-//! Only blocks that hold data are read and sent: holes and all-zero blocks never leave the machine, and a
+//! Blocks are always 524288 bytes, with indexes in 512 KiB units: PutSnapshotBlock's `DataLength` has exactly that
+//! one valid value (EBS API reference). StartSnapshot's `BlockSize` answer is not followed: real EBS answers
+//! 524288 anyway, and moto answers 512, which would cut a 50 MiB image into 100,000 requests. Only blocks that hold data are read and sent: holes and all-zero blocks never leave the machine, and a
 //! new snapshot reads them as zeros. Each block carries its SHA-256; CompleteSnapshot gets the block count and the
 //! linear aggregate checksum (SHA-256 over the blocks' checksums in index order), so AWS verifies the whole.
 //! Blocks go up on a bounded number of concurrent requests; each request has its own retry loop with jittered
@@ -23,10 +24,8 @@ use crate::progress::Progress;
 use crate::provider::UploadOptions;
 use crate::transfer::{RetryPolicy, read_at, run_bounded};
 
-/// The block size real EBS answers in StartSnapshot (and the granularity the image is scanned at).
+/// The one block size PutSnapshotBlock takes (and the granularity the image is scanned at).
 pub const BLOCK_SIZE: u64 = 512 * 1024;
-/// The largest block size uplosi accepts from StartSnapshot.
-const MAX_BLOCK_SIZE: u64 = 16 << 20;
 const GIB: u64 = 1 << 30;
 
 /// What the upload did.
@@ -98,14 +97,16 @@ pub async fn upload(
         return Err(AwsError::State { region: region.into(), what: "StartSnapshot returned no snapshot ID".into() });
     }
     tracing::info!("AWS {region}: uploading {} as snapshot {snapshot_id}", image.path.display());
-    // The size StartSnapshot answers is the one PutSnapshotBlock must use (EBS answers 524288).
-    let block_size = started.block_size().map_or(BLOCK_SIZE, |b| u64::try_from(b).unwrap_or(0));
+    // PutSnapshotBlock takes 524288-byte blocks only, whatever StartSnapshot answers (moto answers 512).
+    if let Some(answered) = started.block_size().filter(|&b| u64::try_from(b).ok() != Some(BLOCK_SIZE)) {
+        tracing::debug!(
+            "AWS {region}: StartSnapshot answered BlockSize {answered} for {snapshot_id}; writing {BLOCK_SIZE}-byte \
+             blocks, the only DataLength PutSnapshotBlock takes"
+        );
+    }
 
     let result = async {
-        if !block_size.is_power_of_two() || !(512..=MAX_BLOCK_SIZE).contains(&block_size) {
-            return Err(AwsError::BlockSize { region: region.into(), snapshot: snapshot_id.clone(), size: block_size });
-        }
-        let stats = put_blocks(clients, region, &snapshot_id, image, map, block_size, options).await?;
+        let stats = put_blocks(clients, region, &snapshot_id, image, map, options).await?;
         super::snapshot::wait_completed(ec2, region, &snapshot_id, &options.cancel).await?;
         Ok::<_, AwsError>(stats)
     }
@@ -120,55 +121,44 @@ pub async fn upload(
     }
 }
 
-/// Sends the blocks of `map` in blocks of `block_size` (a power of two). The image was scanned in 512 KiB units:
-/// a larger block size coarsens them; a smaller one cuts each unit into blocks and sends only those with data (a
-/// new snapshot reads the others as zeros).
+/// Sends the 512 KiB blocks of `map` that hold data and completes the snapshot.
 async fn put_blocks(
     clients: &[aws_sdk_ebs::Client],
     region: &str,
     snapshot_id: &str,
     image: &SourceImage,
     map: &ExtentMap,
-    block_size: u64,
     options: &UploadOptions,
 ) -> Result<UploadStats, AwsError> {
-    let unit = block_size.max(BLOCK_SIZE);
-    let per_unit = unit / block_size;
-    let units: Vec<u64> =
-        map.coarsen(unit).extents.iter().flat_map(|e| (e.start / unit)..e.end().div_ceil(unit)).collect();
-    let progress = Progress::bytes(units.len() as u64 * unit, "EBS");
+    let blocks: Vec<u64> = map
+        .coarsen(BLOCK_SIZE)
+        .extents
+        .iter()
+        .flat_map(|e| (e.start / BLOCK_SIZE)..e.end().div_ceil(BLOCK_SIZE))
+        .collect();
+    let progress = Progress::bytes(blocks.len() as u64 * BLOCK_SIZE, "EBS");
     let file = Arc::clone(&image.data);
     let sent = Arc::new(AtomicU64::new(0));
-    let result = run_bounded(units, options.concurrency, &options.cancel, |unit_index| {
-        let ebs = clients[unit_index as usize % clients.len()].clone();
+    let result = run_bounded(blocks, options.concurrency, &options.cancel, |index| {
+        let ebs = clients[index as usize % clients.len()].clone();
         let (file, sent, progress) = (Arc::clone(&file), Arc::clone(&sent), progress.clone());
         let (snapshot_id, region) = (snapshot_id.to_string(), region.to_string());
         async move {
-            let offset = unit_index * unit;
+            let offset = index * BLOCK_SIZE;
             let data =
-                read_at(file, offset, unit as usize).await.map_err(|source| AwsError::Read { offset, source })?;
-            let data = bytes::Bytes::from(data);
-            let mut digests = Vec::with_capacity(per_unit as usize);
-            for piece in 0..per_unit {
-                let body = data.slice((piece * block_size) as usize..((piece + 1) * block_size) as usize);
-                if per_unit > 1 && body.iter().all(|&b| b == 0) {
-                    continue;
-                }
-                let index = unit_index * per_unit + piece;
-                let digest: [u8; 32] = Sha256::digest(&body).into();
-                put_block(&ebs, &region, &snapshot_id, index, body, &digest).await?;
-                sent.fetch_add(block_size, Ordering::Relaxed);
-                digests.push((index, digest));
-            }
-            progress.inc(unit);
-            Ok::<_, AwsError>(digests)
+                read_at(file, offset, BLOCK_SIZE as usize).await.map_err(|source| AwsError::Read { offset, source })?;
+            let body = bytes::Bytes::from(data);
+            let digest: [u8; 32] = Sha256::digest(&body).into();
+            put_block(&ebs, &region, &snapshot_id, index, body, &digest).await?;
+            sent.fetch_add(BLOCK_SIZE, Ordering::Relaxed);
+            progress.inc(BLOCK_SIZE);
+            Ok::<_, AwsError>((index, digest))
         }
     })
     .await;
     progress.finish();
     let mut checksums: Vec<(u64, [u8; 32])> =
-        result.map_err(|stopped| error::stopped(region, "the block upload", stopped))?.into_iter().flatten().collect();
-
+        result.map_err(|stopped| error::stopped(region, "the block upload", stopped))?;
     checksums.sort_by_key(|(index, _)| *index);
     let mut aggregate = Sha256::new();
     for (_, digest) in &checksums {

@@ -53,19 +53,6 @@ pub enum AwsError {
     /// The configuration cannot name the variant's images at any version.
     #[error("{0}")]
     Lifecycle(String),
-    /// StartSnapshot answered a block size uplosi cannot write in.
-    #[error(
-        "AWS {region}: StartSnapshot answered BlockSize {size} for snapshot {snapshot}; uplosi writes EBS snapshots \
-         in blocks of a power of two from 512 bytes to 16 MiB (EBS uses 524288); the snapshot was deleted"
-    )]
-    BlockSize {
-        /// The region.
-        region: String,
-        /// The snapshot started.
-        snapshot: String,
-        /// The block size it answered.
-        size: u64,
-    },
     /// Reading the image failed.
     #[error("reading the image at offset {offset}: {source}")]
     Read {

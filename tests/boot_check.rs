@@ -151,9 +151,10 @@ fn a_panicking_init_fails_with_exit_1_naming_the_panic() {
 }
 
 #[test]
-fn an_init_that_never_finishes_fails_within_the_timeout() {
+fn a_boot_waiting_for_a_person_fails_within_the_timeout_naming_the_prompt_and_its_line() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (image, _) = boot::image(dir.path(), "hang", &Spec { init: boot::HANG_INIT, ..Spec::report(Some(252)) });
+    let (image, _) =
+        boot::image(dir.path(), "firstboot", &Spec { init: boot::FIRSTBOOT_INIT, ..Spec::report(Some(252)) });
     let started = Instant::now();
     let (out, report, console) = boot_check(dir.path(), &image, &["--timeout", "40s"]);
     let stderr = text(&out.stderr);
@@ -162,6 +163,14 @@ fn an_init_that_never_finishes_fails_within_the_timeout() {
     assert!(stderr.contains("timed out after 40 s waiting for /UPLOSI-TEST: done/"), "{stderr}");
     assert!(console.contains("waiting forever"), "the console log is kept: {console}");
     assert_eq!(report["booted"], false);
+    // The prompt is 31 lines above the end, out of the last 20 the verdict shows, and still named, by line.
+    let line = console.split('\n').position(|l| l.contains("Please configure your system!")).expect("prompt") + 1;
+    assert_eq!(report["waitingOn"], "Please configure your system!", "{report}");
+    assert_eq!(report["waitingOnLine"], line, "{report}");
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains(&format!("at line {line}: \"Please configure your system!\"")), "{error}");
+    assert!(error.contains("the console had been quiet for "), "{error}");
+    assert!(stderr.contains("Please configure your system!"), "{stderr}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
-//! The serial console of the booting VM: what it printed, and whether that says the system came up, panicked or
-//! fell into an emergency shell.
+//! The serial console of the booting VM: what it printed, whether that says the system came up, panicked or
+//! fell into an emergency shell, and which line shows what a boot that does not come up is waiting on.
 
 use std::collections::VecDeque;
+use std::time::{Duration, Instant};
 
 use regex::Regex;
 
@@ -25,20 +26,50 @@ pub enum Verdict {
     Emergency(String),
 }
 
+/// Lines that mean the boot waits for a person or has given up: systemd-firstboot's prompt, emergency and rescue
+/// mode, a unit that failed for a dependency, a mount that failed, a device that never came. The first one seen is
+/// what a failed boot is reported as waiting on.
+const STUCK: &str = r"Please configure your system!|-- Press any key to proceed --|You are in (emergency|rescue) mode|Give root password for maintenance|Press Enter for maintenance|Cannot open access to console, the root account is locked|Dependency failed for|Failed to mount|Timed out waiting for device";
+
+/// systemd's status line for a job that takes long; it is rewritten in place, so the last one counts.
+const START_JOB: &str = r"A start job is running for";
+
+/// A console line that says what the boot is waiting on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WaitingOn {
+    /// 1-based line number in the console output.
+    pub line: usize,
+    /// The line, without colours.
+    pub text: String,
+}
+
 /// Collects console output, line by line, and judges it.
 pub struct Console {
     expect: Regex,
     panic: Regex,
     emergency: Regex,
+    stuck: Regex,
+    start_job: Regex,
     partial: Vec<u8>,
     tail: VecDeque<String>,
+    /// Complete lines so far.
+    lines: usize,
+    /// The first line that says the boot waits for a person or gave up.
+    first_stuck: Option<WaitingOn>,
+    /// The last "A start job is running for …".
+    last_start_job: Option<WaitingOn>,
+    /// When output last came.
+    last_output: Instant,
     /// Everything, for `--serial-log`.
     pub transcript: Vec<u8>,
     verdict: Option<Verdict>,
 }
 
-/// Removes ANSI escape sequences (systemd colours its `[  OK  ]`) and carriage returns.
+/// What the line shows on a terminal: ANSI escape sequences (systemd colours its `[  OK  ]`) removed, and of a
+/// line rewritten in place with carriage returns (systemd's status line), only the last version.
 fn plain(line: &str) -> String {
+    let line = line.trim_end_matches('\r');
+    let line = line.rsplit('\r').next().unwrap_or(line);
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars().peekable();
     while let Some(c) = chars.next() {
@@ -53,7 +84,6 @@ fn plain(line: &str) -> String {
                     }
                 }
             }
-            '\r' => {}
             c => out.push(c),
         }
     }
@@ -63,24 +93,58 @@ fn plain(line: &str) -> String {
 impl Console {
     /// A console judged by `expect`.
     pub fn new(expect: Regex) -> Self {
+        let constant = |pattern: &str| Regex::new(pattern).unwrap_or_else(|_| unreachable!("constant pattern"));
         Self {
             expect,
-            panic: Regex::new(r"Kernel panic - not syncing").unwrap_or_else(|_| unreachable!("constant pattern")),
-            emergency: Regex::new(r"You are in emergency mode|Entering emergency mode|emergency shell")
-                .unwrap_or_else(|_| unreachable!("constant pattern")),
+            panic: constant(r"Kernel panic - not syncing"),
+            emergency: constant(
+                r"You are in (emergency|rescue) mode|Entering emergency mode|emergency shell|Give root password for maintenance|Press Enter for maintenance|Cannot open access to console, the root account is locked",
+            ),
+            stuck: constant(STUCK),
+            start_job: constant(START_JOB),
             partial: Vec::new(),
             tail: VecDeque::new(),
+            lines: 0,
+            first_stuck: None,
+            last_start_job: None,
+            last_output: Instant::now(),
             transcript: Vec::new(),
             verdict: None,
         }
     }
 
+    /// Notes `line` (number `number`) if it says what the boot waits on.
+    fn recognise(&mut self, line: &str, number: usize) {
+        if self.first_stuck.is_none() && self.stuck.is_match(line) {
+            self.first_stuck = Some(WaitingOn { line: number, text: line.trim().to_string() });
+        }
+        if self.start_job.is_match(line) {
+            self.last_start_job = Some(WaitingOn { line: number, text: line.trim().to_string() });
+        }
+    }
+
+    /// What the boot is waiting on: the first line that says it waits for a person or gave up, else the last
+    /// start job systemd reported; `None` when the console shows neither.
+    pub fn waiting_on(&self) -> Option<WaitingOn> {
+        self.first_stuck.clone().or_else(|| self.last_start_job.clone())
+    }
+
+    /// How long the console has printed nothing.
+    pub fn quiet_for(&self) -> Duration {
+        self.last_output.elapsed()
+    }
+
     /// Adds console output; returns the verdict once there is one (the first one stays).
     pub fn feed(&mut self, bytes: &[u8]) -> Option<Verdict> {
         self.transcript.extend_from_slice(bytes);
+        if !bytes.is_empty() {
+            self.last_output = Instant::now();
+        }
         for &b in bytes {
             if b == b'\n' {
                 let line = plain(&String::from_utf8_lossy(&std::mem::take(&mut self.partial)));
+                self.lines += 1;
+                self.recognise(&line, self.lines);
                 self.judge(&line, true);
                 self.tail.push_back(line);
                 if self.tail.len() > TAIL_LINES {
@@ -90,9 +154,12 @@ impl Console {
                 self.partial.push(b);
             }
         }
-        // A prompt ends without a newline.
+        // A prompt ends without a newline, and so does a status line rewritten in place.
         if !self.partial.is_empty() {
             let line = plain(&String::from_utf8_lossy(&self.partial));
+            if self.start_job.is_match(&line) {
+                self.last_start_job = Some(WaitingOn { line: self.lines + 1, text: line.trim().to_string() });
+            }
             self.judge(&line, false);
         }
         self.verdict.clone()
@@ -121,6 +188,7 @@ impl Console {
     pub fn finish(&mut self) -> Option<Verdict> {
         if !self.partial.is_empty() {
             let line = plain(&String::from_utf8_lossy(&self.partial));
+            self.recognise(&line, self.lines + 1);
             self.judge(&line, true);
         }
         self.verdict.clone()
@@ -185,5 +253,50 @@ mod tests {
         assert!(matches!(c.finish(), Some(Verdict::Panic(_))), "a VM that stops mid-line still panicked");
         let mut c = console();
         assert!(matches!(c.feed(b"You are in emergency mode. After logging in\n"), Some(Verdict::Emergency(_))));
+        let mut c = console();
+        assert!(matches!(
+            c.feed(b"Cannot open access to console, the root account is locked.\n"),
+            Some(Verdict::Emergency(_))
+        ));
+    }
+
+    #[test]
+    fn the_first_line_a_boot_waits_on_is_found_wherever_it_is() {
+        let mut c = console();
+        for i in 1..913 {
+            c.feed(format!("[  OK  ] Started unit {i}.\r\n").as_bytes());
+        }
+        c.feed(b"\x1b[0;1;31mPlease configure your system!\x1b[0m -- Press any key to proceed --\r\n");
+        for i in 914..=950 {
+            c.feed(format!("[   {i}.0] random: crng init\r\n").as_bytes());
+        }
+        assert_eq!(c.finish(), None, "a prompt for a person is no verdict of its own");
+        let waiting = c.waiting_on().unwrap_or_else(|| panic!("the firstboot prompt is recognised"));
+        assert_eq!(waiting.line, 913);
+        assert_eq!(waiting.text, "Please configure your system! -- Press any key to proceed --");
+        assert!(!c.tail().iter().any(|l| l.contains("Please configure")), "it is outside the last 20 lines");
+    }
+
+    #[test]
+    fn given_up_lines_come_before_start_jobs_and_the_last_start_job_counts() {
+        let mut c = console();
+        c.feed(b"[ ***  ] A start job is running for /dev/disk/by-label/root (5s / 1min 30s)");
+        c.feed(b"\r\x1b[K[  *** ] A start job is running for /dev/disk/by-label/root (9s / 1min 30s)");
+        assert_eq!(
+            c.waiting_on().map(|w| (w.line, w.text)),
+            Some((1, "[  *** ] A start job is running for /dev/disk/by-label/root (9s / 1min 30s)".to_string())),
+            "a status line rewritten in place counts as it shows last"
+        );
+        c.feed(b"\r\n[ TIME ] Timed out waiting for device /dev/disk/by-label/root.\r\n");
+        c.feed(b"[DEPEND] Dependency failed for sysroot.mount - /sysroot.\r\n");
+        let waiting = c.waiting_on().unwrap_or_else(|| panic!("recognised"));
+        assert_eq!(
+            (waiting.line, waiting.text.as_str()),
+            (2, "[ TIME ] Timed out waiting for device /dev/disk/by-label/root.")
+        );
+        let mut quiet = console();
+        quiet.feed(b"nothing to see\n");
+        assert_eq!(quiet.waiting_on(), None);
+        assert!(quiet.quiet_for() < Duration::from_secs(5));
     }
 }

@@ -179,6 +179,13 @@ pub struct BootReport {
     pub later_events: Vec<LaterEventReport>,
     /// Why the boot failed, if it did.
     pub error: Option<String>,
+    /// The console line that says what a boot that did not come up waits on (systemd-firstboot's prompt, an
+    /// emergency shell, a failed dependency or mount, a missing device, the last start job), or null.
+    #[serde(rename = "waitingOn")]
+    pub waiting_on: Option<String>,
+    /// Its 1-based line number in the console output, or null.
+    #[serde(rename = "waitingOnLine")]
+    pub waiting_on_line: Option<usize>,
     /// The last console lines (for the failure message).
     #[serde(skip)]
     pub console_tail: Vec<String>,
@@ -354,7 +361,7 @@ pub fn boot_check(
     };
     let stage = StageLine::new("boot-check", "boot check");
     let mut accel = options.accel.unwrap_or_else(Accel::preferred);
-    let (ending, console, elapsed, mut vm) = loop {
+    let (ending, console, elapsed, mut vm, quiet_at_end) = loop {
         tracing::info!(
             "booting {} under {} ({} MiB, {} CPUs, firmware {})",
             image.path.display(),
@@ -431,8 +438,9 @@ pub fn boot_check(
             accel = Accel::Tcg;
             continue;
         }
+        let quiet = console.quiet_for();
         vm.stop();
-        break (ending, console, started.elapsed(), vm);
+        break (ending, console, started.elapsed(), vm, quiet);
     };
     vm.stop();
 
@@ -440,6 +448,11 @@ pub fn boot_check(
         std::fs::write(path, &console.transcript)
             .map_err(|source| BootCheckError::SerialLog { path: path.clone(), source })?;
     }
+    let waiting = console.waiting_on();
+    let waiting_note = waiting
+        .as_ref()
+        .map(|w| format!("; the console shows what it waits on at line {}: {:?}", w.line, w.text))
+        .unwrap_or_default();
     let (booted, error) = match &ending {
         Ending::Verdict(Verdict::Up(line)) => {
             tracing::info!("the system came up after {:.0} s: {line:?}", elapsed.as_secs_f64());
@@ -449,8 +462,15 @@ pub fn boot_check(
         Ending::Verdict(Verdict::Emergency(line)) => {
             (false, Some(format!("the system fell into an emergency shell: {line}")))
         }
-        Ending::Exited(message) => (false, Some(message.clone())),
-        Ending::Timeout => (false, Some(format!("timed out after {} s waiting for {what}", options.timeout.as_secs()))),
+        Ending::Exited(message) => (false, Some(format!("{message}{waiting_note}"))),
+        Ending::Timeout => (
+            false,
+            Some(format!(
+                "timed out after {} s waiting for {what} (the console had been quiet for {} s){waiting_note}",
+                options.timeout.as_secs(),
+                quiet_at_end.as_secs()
+            )),
+        ),
         Ending::Interrupted => {
             stage.finish("interrupted");
             return Err(BootCheckError::Interrupted);
@@ -468,6 +488,8 @@ pub fn boot_check(
         mismatches: Vec::new(),
         later_events: Vec::new(),
         error,
+        waiting_on: if booted { None } else { waiting.as_ref().map(|w| w.text.clone()) },
+        waiting_on_line: if booted { None } else { waiting.as_ref().map(|w| w.line) },
         console_tail: console.tail(),
         machine_dependent: Vec::new(),
         warnings: Vec::new(),

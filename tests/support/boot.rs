@@ -85,6 +85,19 @@ pub const PANIC_INIT: &str = "#!/bin/busybox sh\necho 'UPLOSI-TEST: about to exi
 pub const HANG_INIT: &str =
     "#!/bin/busybox sh\necho 'UPLOSI-TEST: waiting forever'\nwhile :; do /bin/busybox sleep 60; done\n";
 
+/// An init that stops where a boot waiting for a person does: systemd-firstboot's prompt, amid other lines, then
+/// a quiet console.
+pub const FIRSTBOOT_INIT: &str = r#"#!/bin/busybox sh
+echo 'UPLOSI-TEST: waiting forever'
+echo
+echo 'Please configure your system!'
+echo
+echo '-- Press any key to proceed --'
+i=0
+while [ $i -lt 30 ]; do echo "UPLOSI-TEST: filler $i"; i=$((i+1)); done
+while :; do /bin/busybox sleep 60; done
+"#;
+
 fn newc(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
     let header = [ino, mode, 0, 0, 1, 0, data.len() as u32, 0, 0, 0, 0, name.len() as u32 + 1, 0];
     out.extend_from_slice(b"070701");

@@ -9,7 +9,9 @@
 # azure-storage-blob the ARM fake's client for it; fake-gcs-server from PyPI is the Cloud Storage emulator of the GCP
 # tests, which listen on port 80 of loopback addresses, so run this as root; qemu-system-x86, ovmf, swtpm and
 # swtpm-tools boot the images of the boot-check tests, whose systemd stubs, kernel and busybox they fetch from
-# Debian themselves, into the test cache), then runs `cargo test`.
+# Debian themselves, into the test cache; efitools, sbsigntool and virt-firmware from PyPI make, sign with and
+# enroll Secure Boot keys; AWS's nitro-tpm-pcr-compute from crates.io is the peer of `--format nitro`), then runs
+# `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,7 +22,7 @@ for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fspr
     pigz:pigz objcopy:binutils /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
     /usr/lib/systemd/systemd-measure:systemd dpkg-deb:dpkg glance-api:glance-api glance-manage:glance-api \
     curl:curl openssl:openssl node:nodejs npm:npm /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf swtpm:swtpm \
-    swtpm_setup:swtpm-tools; do
+    swtpm_setup:swtpm-tools cert-to-efi-sig-list:efitools sbsign:sbsigntool; do
     tool="${pair%%:*}" package="${pair##*:}"
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || [ -e "$tool" ] \
         || missing+=("$package")
@@ -70,6 +72,17 @@ fi
 if ! python3 -c "import pefile" >/dev/null 2>&1; then
     echo "installing: pefile (PyPI)" >&2
     python3 -m pip install --quiet pefile
+fi
+if ! command -v virt-fw-vars >/dev/null 2>&1; then
+    echo "installing: virt-firmware (PyPI)" >&2
+    python3 -m pip install --quiet virt-firmware
+fi
+# AWS's own NitroTPM PCR calculator, the peer the measurement tests compare with; built once into the target
+# directory.
+export PATH="$PATH:$CARGO_TARGET_DIR/tools/bin"
+if ! command -v nitro-tpm-pcr-compute >/dev/null 2>&1; then
+    echo "installing: nitro-tpm-pcr-compute (crates.io)" >&2
+    cargo install --quiet --locked --root "$CARGO_TARGET_DIR/tools" nitro-tpm-pcr-compute@1.1.2
 fi
 # The measurement tests download Debian's linux-image-amd64 kernel once (apt-get download, cached in the target
 # directory); apt needs a current package list for that.

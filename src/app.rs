@@ -179,7 +179,7 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         return Ok(());
     }
 
-    let published = configured_measurements(&variants, &image, boot_check.is_some())?;
+    let measured = configured_measurements(&variants, &image, boot_check.is_some())?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
     let cancel = Cancel::on_signals();
     let options = RunOptions {
@@ -206,6 +206,8 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         .zip(&outcomes)
         .map(|(cfg, o)| VariantReport::new(cfg.variant.clone(), cfg.provider, o.status, &o.references, o.message()))
         .collect();
+    let phases = boot_report.as_ref().map(|r| r.phases.as_slice());
+    let published = measured.as_ref().map(|m| manifest_measurements(m, &variants, &mut reports, phases));
     let version = match (&previous, variants.first()) {
         (Some(previous), _) => previous.version.clone(),
         (None, Some(cfg)) => cfg.image_version.to_string(),
@@ -311,14 +313,22 @@ fn select_retry(path: &std::path::Path, variants: &mut Vec<VariantConfig>) -> Re
 
 /// `uplosi measurements`; the summary goes to stderr as the Go tool prints it, unless `-q`.
 fn measurements(args: &MeasurementsArgs, quiet: bool) -> Result<(), AppError> {
-    let result = measure::measure(&args.image, &args.uki_path)?;
+    // Everything the command line can get wrong is checked before the image is read.
+    let bank = args.format.bank(args.bank).map_err(|e| AppError::Usage(e.to_string()))?;
+    let phases = match &args.phase {
+        Some(text) => measure::phases::parse(text).map_err(|e| AppError::Usage(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let keys = args.secure_boot.files().load().map_err(|e| AppError::Usage(e.to_string()))?;
+    let options = measure::MeasureOptions { uki_path: args.uki_path.clone(), keys };
+    let result = measure::measure(&args.image, &options)?;
     for warning in &result.warnings {
         tracing::warn!("{warning}");
     }
     if !quiet {
-        eprint!("{}", result.summary);
+        eprint!("{}", result.summary(bank));
     }
-    let json = result.simulator.to_json();
+    let json = result.document(args.format, bank, &phases);
     match &args.output_file {
         Some(path) => {
             write_measurements(path, &json)?;
@@ -409,7 +419,10 @@ fn boot_check_options(args: &BootCheckArgs) -> Result<BootCheckOptions, AppError
             args.timeout
         ))
     })?;
-    let mut options = BootCheckOptions::new(&args.uki_path);
+    let mut options = BootCheckOptions::new();
+    options.uki_path = args.uki_path.clone();
+    options.bank = args.bank;
+    options.keys = args.secure_boot.files().load().map_err(|e| AppError::Usage(e.to_string()))?;
     options.firmware = args.firmware.clone();
     options.memory_mib = args.memory;
     options.cpus = args.cpus;
@@ -445,29 +458,92 @@ fn write_measurements(path: &std::path::Path, json: &str) -> Result<(), AppError
         .map_err(|source| AppError::WriteMeasurements { path: path.to_path_buf(), source })
 }
 
-/// Writes each `measurementsFile` the variants name, before anything is uploaded (`[base] measurementsFile`), and
-/// returns the predicted PCR values for the manifest when there is a file to write or a boot check to run.
+/// Writes each `measurementsFile` the variants name in its `measurementsFormat`, before anything is uploaded, and
+/// returns the measurements when there is a file to write or a boot check to run (for the manifest).
 fn configured_measurements(
     variants: &[VariantConfig],
     image: &SourceImage,
     boot_check: bool,
-) -> Result<Option<BTreeMap<String, String>>, AppError> {
-    let files: std::collections::BTreeSet<&PathBuf> =
-        variants.iter().filter_map(|v| v.measurements_file.as_ref()).collect();
+) -> Result<Option<measure::Measurements>, AppError> {
+    let mut files: BTreeMap<&PathBuf, measure::document::Format> = BTreeMap::new();
+    for cfg in variants {
+        let Some(path) = &cfg.measurements_file else { continue };
+        // Validated with the configuration.
+        let format = measure::document::Format::from_name(&cfg.measurements_format).unwrap_or_default();
+        if let Some(other) = files.insert(path, format).filter(|f| *f != format) {
+            return Err(AppError::Usage(format!(
+                "{} writes {} as measurementsFormat \"{}\", another variant as \"{}\"; one file holds one document: \
+                 set measurementsFormat in [base] or give the variants their own measurementsFile",
+                cfg.label(),
+                path.display(),
+                format.name(),
+                other.name()
+            )));
+        }
+    }
     if files.is_empty() && !boot_check {
         return Ok(None);
     }
-    let measured = measure::measure_image(image, measure::DEFAULT_UKI_PATH, &measure::Platform::UNKNOWN)?;
+    let measured =
+        measure::measure_image(image, &measure::MeasureOptions::firmware_path(), &measure::Platform::UNKNOWN)?;
     for warning in &measured.warnings {
         tracing::warn!("{warning}");
     }
-    let json = measured.simulator.to_json();
-    for path in files {
-        write_measurements(path, &json)?;
-        tracing::info!("Wrote precalculated measurements to {}", path.display());
+    for (path, format) in files {
+        // Validated with the format: the format's own bank.
+        let bank = format.bank(None).unwrap_or_default();
+        write_measurements(path, &measured.document(format, bank, &[]))?;
+        tracing::info!("Wrote precalculated measurements to {} ({})", path.display(), format.name());
     }
-    let bank = measured.simulator.bank.iter().map(|(pcr, value)| (pcr.to_string(), measure::pcr::hex(value)));
-    Ok(Some(bank.collect()))
+    Ok(Some(measured))
+}
+
+/// The PCRs a cloud's TPM attests with, in the bank it uses: AWS's NitroTPM SHA-384 PCR 4, 7 and 12 (what KMS key
+/// policies check); the vTPMs of the others (and a local libvirt or OpenStack guest's swtpm) SHA-256, PCR 4, 7, 9,
+/// 11, 12, 13. With a boot check, PCR 11 after the phases the boot showed joins AWS's.
+fn attested_pcrs(provider: crate::config::Provider, booted: bool) -> (measure::digest::Bank, Vec<u32>) {
+    match provider {
+        crate::config::Provider::Aws if booted => (measure::digest::Bank::Sha384, vec![4, 7, 11, 12]),
+        crate::config::Provider::Aws => (measure::digest::Bank::Sha384, vec![4, 7, 12]),
+        _ => (measure::digest::Bank::Sha256, vec![4, 7, 9, 11, 12, 13]),
+    }
+}
+
+/// The manifest's `measurements`: every reported PCR (SHA-256, as `uplosi measurements` prints them) and, under
+/// `variants`, what each variant's cloud attests with (`{"attestation": {"bank", "pcrs"}}`); also set on the
+/// variants' own entries.
+fn manifest_measurements(
+    measured: &measure::Measurements,
+    variants: &[VariantConfig],
+    reports: &mut [VariantReport],
+    boot_phases: Option<&[String]>,
+) -> serde_json::Value {
+    let bank = measure::digest::Bank::Sha256;
+    let mut out: serde_json::Map<String, serde_json::Value> = measured
+        .simulator
+        .values
+        .iter()
+        .map(|(pcr, value)| (pcr.to_string(), measure::pcr::hex(value.get(bank)).into()))
+        .collect();
+    let phases = boot_phases.unwrap_or_default();
+    let mut per_variant = serde_json::Map::new();
+    for cfg in variants {
+        let (bank, pcrs) = attested_pcrs(cfg.provider, boot_phases.is_some());
+        let source = measure::document::Source {
+            simulator: &measured.simulator,
+            bank,
+            phases,
+            secure_boot: measured.replay.secure_boot,
+        };
+        let attestation = measure::document::attestation(&source, &pcrs);
+        if let Some(report) = reports.iter_mut().find(|r| r.variant == cfg.variant) {
+            report.attestation = Some(attestation.clone());
+        }
+        let name = cfg.variant.clone().unwrap_or_else(|| "[base]".to_string());
+        per_variant.insert(name, serde_json::json!({ "attestation": attestation }));
+    }
+    out.insert("variants".into(), per_variant.into());
+    out.into()
 }
 
 /// The boot check the run does, if `--boot-check` or a variant's `bootCheck` asks for one: once for the image,
@@ -489,7 +565,7 @@ fn boot_check_settings(
             other.label()
         )));
     }
-    let mut options = BootCheckOptions::new(measure::DEFAULT_UKI_PATH);
+    let mut options = BootCheckOptions::new();
     if let Some(expect) = &first.boot_check_expect {
         options.expect = expect.clone();
     }

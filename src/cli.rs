@@ -64,12 +64,17 @@ pub enum Command {
     Upload(UploadArgs),
     /// Convert IMAGE to another disk format, streaming and sparse-aware.
     Convert(ConvertArgs),
-    /// Precalculate the TPM PCR values (4, 8, 9, 11, 12, 13, 15) of booting IMAGE's unified kernel image.
+    /// Precalculate the TPM PCR values (4, 7, 8, 9, 11, 12, 13, 15) of booting IMAGE's unified kernel image.
     ///
-    /// The UKI is read from the EFI system partition of IMAGE (raw or qcow2) directly: no mount, no root, no
-    /// systemd-dissect. The JSON document of the Go uplosi goes to -o FILE (written atomically) or to stdout; a
-    /// summary of the boot stages, the LOAD_FILE2 measurements and the UKI sections goes to stderr.
-    #[command(alias = "precalculate-measurements")]
+    /// The ESP of IMAGE (raw or qcow2) is read directly: no mount, no root, no systemd-dissect. The boot path is the
+    /// firmware's: EFI/BOOT/BOOTX64.EFI is the UKI itself, or systemd-boot starting the entry it picks by itself
+    /// from EFI/Linux/ (mkosi's default layout). The document (-F: the Go uplosi's JSON, nitro-tpm-pcr-compute's,
+    /// an AWS KMS key-policy condition or Trustee's RVPS message) goes to -o FILE (written atomically) or to stdout;
+    /// a summary of the boot stages, the LOAD_FILE2 measurements and the UKI sections goes to stderr.
+    #[command(
+        alias = "precalculate-measurements",
+        after_help = "Examples:\n  uplosi measurements build/system.raw -o measurements.json\n  uplosi measurements build/system.raw --bank sha384 --phase enter-initrd:leave-initrd:sysinit:ready\n  uplosi measurements build/system.raw --format nitro --pk PK.esl --kek KEK.esl --db db.esl\n  uplosi measurements build/system.raw --format rvps --phase enter-initrd:leave-initrd > rvps.json"
+    )]
     Measurements(MeasurementsArgs),
     /// Boot IMAGE in a throw-away VM and check that it comes up with the PCR values `uplosi measurements` predicts.
     ///
@@ -221,21 +226,75 @@ pub struct ConvertArgs {
     pub level: u32,
 }
 
+/// The Secure Boot keys of the firmware that boots the image: with them Secure Boot is on.
+#[derive(Debug, Default, Args)]
+pub struct SecureBootArgs {
+    /// The platform key: an EFI signature list (as `cert-to-efi-sig-list` writes it). Turns Secure Boot on: PCR 7
+    /// then holds the keys and the db entry that verified each image, and an image no db certificate signed is
+    /// refused (exit 2), as the firmware would refuse to start it.
+    #[arg(long = "pk", value_name = "FILE", help_heading = "Secure Boot")]
+    pub pk: Option<PathBuf>,
+
+    /// The key exchange keys (an EFI signature list).
+    #[arg(long = "kek", value_name = "FILE", help_heading = "Secure Boot")]
+    pub kek: Option<PathBuf>,
+
+    /// The signature database db (an EFI signature list); required with --pk.
+    #[arg(long = "db", value_name = "FILE", help_heading = "Secure Boot")]
+    pub db: Option<PathBuf>,
+
+    /// The forbidden signature database dbx (an EFI signature list).
+    #[arg(long = "dbx", value_name = "FILE", help_heading = "Secure Boot")]
+    pub dbx: Option<PathBuf>,
+}
+
+impl SecureBootArgs {
+    /// The key files.
+    pub fn files(&self) -> crate::measure::KeyFiles {
+        crate::measure::KeyFiles {
+            pk: self.pk.clone(),
+            kek: self.kek.clone(),
+            db: self.db.clone(),
+            dbx: self.dbx.clone(),
+        }
+    }
+}
+
 /// Arguments of `uplosi measurements`.
 #[derive(Debug, Args)]
 pub struct MeasurementsArgs {
     /// The disk image (raw or qcow2) with a GPT and an EFI system partition.
     pub image: PathBuf,
 
-    /// Write the measurements JSON here (atomically) instead of to stdout.
+    /// Write the document here (atomically) instead of to stdout.
     #[arg(short = 'o', long = "output-file", value_name = "FILE")]
     pub output_file: Option<PathBuf>,
 
-    /// Path of the UKI in the image. Either as the image mounts the ESP (`/boot/…` or `/efi/…`: that first
-    /// directory is the ESP's mount point) or relative to the ESP's root (`EFI/BOOT/BOOTX64.EFI`). Looked up
-    /// case-insensitively, as FAT does.
-    #[arg(short = 'u', long = "uki-path", value_name = "UKI_PATH", default_value = crate::measure::DEFAULT_UKI_PATH)]
-    pub uki_path: String,
+    /// Path of the UKI in the image, picked by hand instead of the one the firmware's boot path reaches
+    /// (EFI/BOOT/BOOTX64.EFI, or what systemd-boot there boots). Either as the image mounts the ESP (`/boot/…` or
+    /// `/efi/…`: that first directory is the ESP's mount point) or relative to the ESP's root
+    /// (`EFI/Linux/podvm.efi`). Looked up case-insensitively, as FAT does.
+    #[arg(short = 'u', long = "uki-path", value_name = "UKI_PATH")]
+    pub uki_path: Option<String>,
+
+    /// The PCR bank to compute: sha1, sha256, sha384 (AWS NitroTPM attests with SHA-384). Default: sha256, or
+    /// the bank the --format is defined in.
+    #[arg(long, value_enum, value_name = "BANK")]
+    pub bank: Option<crate::measure::digest::Bank>,
+
+    /// The document: `uplosi` (the Go uplosi's JSON with the event log and pcr11Phases), `nitro` (exactly
+    /// nitro-tpm-pcr-compute's SHA-384 PCR 4/7/12), `aws-kms` (a KMS key-policy Condition on NitroTPMPCR4 and 12,
+    /// or 7 with Secure Boot), `rvps` (Trustee's RVPS "sample" message: tpm_pcrN, snp_pcrN, tdx_pcrN, SHA-256).
+    #[arg(short = 'F', long, value_enum, default_value_t = crate::measure::document::Format::Uplosi)]
+    pub format: crate::measure::document::Format,
+
+    /// Boot phases systemd-pcrphase extends PCR 11 with, colon-separated as `systemd-measure calculate --phase=`
+    /// takes them (e.g. enter-initrd:leave-initrd:sysinit:ready): PCR 11 is reported after them.
+    #[arg(long, value_name = "WORDS")]
+    pub phase: Option<String>,
+
+    #[command(flatten)]
+    pub secure_boot: SecureBootArgs,
 }
 
 /// Arguments of `uplosi boot-check`.
@@ -244,9 +303,16 @@ pub struct BootCheckArgs {
     /// The disk image (raw or qcow2) with a GPT and an EFI system partition holding a UKI.
     pub image: PathBuf,
 
-    /// Path of the UKI in the image, as for `uplosi measurements`.
-    #[arg(short = 'u', long = "uki-path", value_name = "UKI_PATH", default_value = crate::measure::DEFAULT_UKI_PATH)]
-    pub uki_path: String,
+    /// Path of the UKI in the image, picked by hand, as for `uplosi measurements`.
+    #[arg(short = 'u', long = "uki-path", value_name = "UKI_PATH")]
+    pub uki_path: Option<String>,
+
+    /// The PCR bank to compare: sha1, sha256 or sha384. swtpm gets that bank allocated too.
+    #[arg(long, value_enum, value_name = "BANK", default_value_t = crate::measure::digest::Bank::Sha256)]
+    pub bank: crate::measure::digest::Bank,
+
+    #[command(flatten)]
+    pub secure_boot: SecureBootArgs,
 
     /// Firmware code and variable store template to boot with (default: Debian's
     /// /usr/share/OVMF/OVMF_CODE_4M.fd:/usr/share/OVMF/OVMF_VARS_4M.fd).

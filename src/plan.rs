@@ -56,7 +56,11 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
     let version = cfg.image_version;
     let mut s = Vec::new();
     if let Some(file) = &cfg.measurements_file {
-        s.push(format!("write the TPM PCR measurements of {image}'s UKI to {}", file.display()));
+        s.push(format!(
+            "write the TPM PCR measurements of {image}'s UKI to {} as {}",
+            file.display(),
+            cfg.measurements_format
+        ));
     }
     match cfg.provider {
         Provider::Aws => {

@@ -81,6 +81,9 @@ pub struct VariantReport {
     /// Why it failed or was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the cloud's TPM reports for the image (`{"bank", "pcrs"}`), when measurements were computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attestation: Option<serde_json::Value>,
 }
 
 impl VariantReport {
@@ -99,6 +102,7 @@ impl VariantReport {
             references: refs.iter().map(|r| r.value.clone()).collect(),
             regions: refs.iter().filter_map(|r| Some((r.region.clone()?, r.value.clone()))).collect(),
             error,
+            attestation: None,
         }
     }
 }
@@ -118,10 +122,11 @@ pub struct Manifest {
     /// The boot check's outcome (`uplosi boot-check --output json` without the event lists), when one ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_check: Option<serde_json::Value>,
-    /// The PCR values `uplosi measurements` predicts for the image (PCR index to hex), when they were computed:
-    /// the reference values to publish next to the image IDs.
+    /// The PCR values `uplosi measurements` predicts for the image (PCR index to SHA-256 hex), when they were
+    /// computed: the reference values to publish next to the image IDs; under `variants`, per variant, what that
+    /// cloud's TPM attests with (`{"attestation": {"bank", "pcrs"}}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub measurements: Option<BTreeMap<String, String>>,
+    pub measurements: Option<serde_json::Value>,
 }
 
 impl Manifest {

@@ -135,6 +135,114 @@ fn a_credential_on_the_esp_and_a_ucode_section_still_match() {
     assert_ne!(pcr12, "0".repeat(64), "the credential is measured into PCR 12");
 }
 
+/// `uplosi measurements IMAGE ARGS` as JSON.
+fn measurements_with(image: &Path, args: &[&str]) -> serde_json::Value {
+    let out = uplosi(&std::env::temp_dir()).arg("measurements").arg(image).args(args).output().expect("run");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+/// The phase files for the initrd: TPM2_PCR_Extend commands of PCR 11 with each word, in order.
+fn phase_files(words: &[&str]) -> Vec<(String, Vec<u8>)> {
+    words.iter().enumerate().map(|(i, w)| (format!("phase-{}", i + 1), boot::pcr_extend_command(11, w))).collect()
+}
+
+#[test]
+fn mkosis_default_layout_boots_with_the_predicted_sha384_pcrs_and_reports_the_phases() {
+    // systemd-boot at EFI/BOOT/BOOTX64.EFI, the UKI in EFI/Linux/, as mkosi's Bootloader=systemd-boot lays it out;
+    // the init extends PCR 11 as systemd-pcrphase would with enter-initrd and leave-initrd; swtpm has SHA-384.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec {
+        layout: boot::Layout::SystemdBoot,
+        initrd_files: phase_files(&["enter-initrd", "leave-initrd"]),
+        ..Spec::report(Some(257))
+    };
+    let (image, _) = boot::image(dir.path(), "podvm", &spec);
+    let phases = "enter-initrd:leave-initrd";
+    let sha384 = measurements_with(&image, &["--bank", "sha384", "--phase", phases]);
+    let sha256 = measurements_with(&image, &["--phase", phases]);
+    let (out, report, console) = boot_check(dir.path(), &image, &["--bank", "sha384"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{console}", text(&out.stderr));
+    for (bank, predicted) in [("sha384", &sha384), ("sha256", &sha256)] {
+        let guest = boot::guest_pcrs_in(&console, bank);
+        for pcr in [4u32, 7, 9, 11, 12] {
+            let expected = predicted["measurements"][pcr.to_string()]["expected"].as_str().unwrap_or_default();
+            assert_eq!(guest.get(&pcr).map(String::as_str), Some(expected), "{bank} PCR {pcr}\n{console}");
+        }
+    }
+    assert_eq!(pcr4_events(&sha256), 5, "action, separator, systemd-boot, the UKI, .linux");
+    assert_eq!(report["bank"], "sha384");
+    for pcr in [4, 7, 9, 11, 12, 13] {
+        assert_eq!(report["measurements"][pcr.to_string()]["match"], true, "PCR {pcr}: {report}");
+    }
+    assert_eq!(report["phases"], serde_json::json!(["enter-initrd", "leave-initrd"]), "{report}");
+    assert_eq!(report["pcr11"], sha384["measurements"]["11"]["expected"], "{report}");
+    assert_eq!(report["pcr11"], sha384["pcr11Phases"][phases]);
+    assert_eq!(
+        report["measurements"]["11"]["actual"],
+        measurements_with(&image, &["--bank", "sha384"])["measurements"]["11"]["expected"],
+        "PCR 11 where user space starts, before the phases"
+    );
+}
+
+#[test]
+fn systemd_boot_252_passes_the_command_line_which_both_it_and_the_stub_measure_into_pcr12() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let spec = Spec { layout: boot::Layout::SystemdBoot, ..Spec::report(Some(252)) };
+    let (image, _) = boot::image(dir.path(), "podvm", &spec);
+    let predicted = measurements(&image);
+    let (out, report, console) = boot_check(dir.path(), &image, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{console}", text(&out.stderr));
+    let guest = boot::guest_pcrs(&console);
+    for pcr in [4u32, 7, 9, 11, 12] {
+        let expected = predicted["measurements"][pcr.to_string()]["expected"].as_str().unwrap_or_default();
+        assert_eq!(guest.get(&pcr).map(String::as_str), Some(expected), "PCR {pcr}\n{console}");
+    }
+    let pcr12: Vec<&serde_json::Value> =
+        predicted["EventLog"]["Events"].as_array().into_iter().flatten().filter(|e| e["PCRIndex"] == 12).collect();
+    assert_eq!(pcr12.len(), 2, "systemd-boot 252 and the stub each measure the load options: {pcr12:?}");
+    assert_ne!(guest.get(&12).map(String::as_str), Some("0".repeat(64).as_str()));
+    assert_eq!(report["measurements"]["12"]["match"], true, "{report}");
+}
+
+#[test]
+fn secure_boot_with_enrolled_keys_boots_with_the_predicted_pcr7() {
+    // OVMF's Secure Boot firmware, the test keys enrolled in a copy of its variable store by virt-fw-vars, a UKI
+    // signed with db's key by sbsign.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = boot::Keys::new(dir.path());
+    let (image, _) = boot::image(dir.path(), "signed", &Spec { sign: Some(&keys), ..Spec::report(Some(257)) });
+    let vars = dir.path().join("VARS.fd");
+    let dbx = keys.enrolled_vars(&vars);
+    let mut key_args = keys.args();
+    key_args.extend(["--dbx".to_string(), dbx.display().to_string()]);
+    let key_refs: Vec<&str> = key_args.iter().map(String::as_str).collect();
+    let mut measure_args = vec!["--bank", "sha384"];
+    measure_args.extend(&key_refs);
+    let predicted = measurements_with(&image, &measure_args);
+    let firmware = format!("/usr/share/OVMF/OVMF_CODE_4M.secboot.fd:{}", vars.display());
+    let mut check_args = vec!["--firmware", firmware.as_str(), "--bank", "sha384"];
+    check_args.extend(&key_refs);
+    let (out, report, console) = boot_check(dir.path(), &image, &check_args);
+    assert_eq!(out.status.code(), Some(0), "{}\n{console}", text(&out.stderr));
+    let guest = boot::guest_pcrs_in(&console, "sha384");
+    for pcr in [4u32, 7, 9, 11, 12] {
+        let expected = predicted["measurements"][pcr.to_string()]["expected"].as_str().unwrap_or_default();
+        assert_eq!(guest.get(&pcr).map(String::as_str), Some(expected), "sha384 PCR {pcr}\n{console}");
+    }
+    assert_eq!(pcr4_events(&predicted), 3, "with Secure Boot on, the stub starts the kernel past LoadImage()");
+    let authorities = predicted["EventLog"]["Events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["Description"].as_str().unwrap_or_default().starts_with("EV_EFI_VARIABLE_AUTHORITY"))
+        .count();
+    assert_eq!(authorities, 1, "db's certificate verified the UKI, measured once");
+    assert_eq!(report["measurements"]["7"]["match"], true, "{report}");
+    let off = measurements_with(&image, &["--bank", "sha384"]);
+    assert_ne!(off["measurements"]["7"], predicted["measurements"]["7"], "Secure Boot changes PCR 7");
+}
+
 #[test]
 fn a_panicking_init_fails_with_exit_1_naming_the_panic() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -290,6 +398,8 @@ imageVersionFile = "version.txt"
 bootCheck = true
 bootCheckExpect = "UPLOSI-TEST: done"
 bootCheckTimeout = "3m"
+measurementsFile = "kms-{{.Version}}.json"
+measurementsFormat = "aws-kms"
 
 [variant.aws]
 provider = "aws"
@@ -363,10 +473,33 @@ fn upload_boot_check_stops_a_failing_image_and_publishes_a_good_ones_measurement
     assert_eq!(manifest["bootCheck"]["booted"], true, "{manifest}");
     assert_eq!(manifest["bootCheck"]["measurements"]["9"]["match"], true, "{manifest}");
     let predicted = measurements(&good);
-    for pcr in ["4", "9", "11", "12", "13"] {
+    for pcr in ["4", "7", "9", "11", "12", "13"] {
         assert_eq!(manifest["measurements"][pcr], predicted["measurements"][pcr]["expected"], "PCR {pcr}: {manifest}");
     }
     assert_eq!(serde_json::from_str::<serde_json::Value>(&ws.read("manifest.json")).expect("file"), manifest);
+
+    // What each cloud's TPM attests with: AWS's NitroTPM SHA-384 PCR 4, 7, 12 and, after the boot check, 11 as
+    // the boot left it; the others SHA-256.
+    let sha384 = measurements_with(&good, &["--bank", "sha384"]);
+    let aws = &manifest["measurements"]["variants"]["aws"]["attestation"];
+    assert_eq!(aws["bank"], "sha384", "{manifest}");
+    let keys: Vec<&String> = aws["pcrs"].as_object().expect("pcrs").keys().collect();
+    assert_eq!(keys, ["11", "12", "4", "7"], "{manifest}");
+    for pcr in ["4", "7", "11", "12"] {
+        assert_eq!(aws["pcrs"][pcr], sha384["measurements"][pcr]["expected"], "AWS PCR {pcr}");
+    }
+    let libvirt = &manifest["measurements"]["variants"]["libvirt"]["attestation"];
+    assert_eq!(libvirt["bank"], "sha256");
+    for pcr in ["4", "7", "9", "11", "12", "13"] {
+        assert_eq!(libvirt["pcrs"][pcr], predicted["measurements"][pcr]["expected"], "libvirt PCR {pcr}");
+    }
+    assert_eq!(support::variant(&manifest, "aws")["attestation"], *aws, "on the variant's entry too");
+    // measurementsFormat = "aws-kms": the key policy condition, written before the upload.
+    let kms: serde_json::Value = serde_json::from_str(&ws.read("kms-1.2.3.json")).expect("kms document");
+    assert_eq!(
+        kms["StringEqualsIgnoreCase"]["kms:RecipientAttestation:NitroTPMPCR4"],
+        sha384["measurements"]["4"]["expected"]
+    );
 }
 
 #[test]

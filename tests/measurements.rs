@@ -305,3 +305,292 @@ fn a_stub_newer_than_the_newest_model_is_measured_as_the_newest_with_a_warning()
     }
     assert_ne!(expected(&future, 11), expected(&ours, 11), "{shipped} measures fewer sections than 262");
 }
+
+/// `nitro-tpm-pcr-compute --image … [--PK … --KEK … --db …]`, AWS's own tool (crates.io, installed by
+/// scripts/test.sh).
+fn nitro_tpm_pcr_compute(images: &[&Path], keys: &[String]) -> String {
+    let mut cmd = Command::new("nitro-tpm-pcr-compute");
+    for image in images {
+        cmd.arg("--image").arg(image);
+    }
+    // Its flags are spelled --PK, --KEK, --db, --dbx.
+    for pair in keys.chunks(2) {
+        let flag = match pair[0].as_str() {
+            "--pk" => "--PK",
+            "--kek" => "--KEK",
+            other => other,
+        };
+        cmd.arg(flag).arg(&pair[1]);
+    }
+    String::from_utf8(run(&mut cmd).stdout).unwrap()
+}
+
+fn measurements_stdout(image: &Path, args: &[&str]) -> String {
+    let assert = uplosi().arg("-q").arg("measurements").arg(image).args(args).assert().success();
+    String::from_utf8(assert.get_output().stdout.clone()).unwrap()
+}
+
+#[test]
+fn nitro_format_equals_nitro_tpm_pcr_compute_for_stubs_252_257_262_unsigned_and_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = support::boot::Keys::new(dir.path());
+    let key_args = keys.args();
+    let key_refs: Vec<&str> = key_args.iter().map(String::as_str).collect();
+    for release in [252u32, 257, 262] {
+        for signed in [false, true] {
+            let name = format!("uki{release}{}", if signed { "-signed" } else { "" });
+            let spec =
+                support::boot::Spec { sign: signed.then_some(&keys), ..support::boot::Spec::report(Some(release)) };
+            let (image, _) = support::boot::image(dir.path(), &name, &spec);
+            let uki = dir.path().join(format!("{name}.efi"));
+            let unsigned_ours = measurements_stdout(&image, &["--format", "nitro"]);
+            assert_eq!(unsigned_ours, nitro_tpm_pcr_compute(&[&uki], &[]), "{name}: standard boot, byte for byte");
+            if signed {
+                let mut args = vec!["--format", "nitro"];
+                args.extend(&key_refs);
+                let ours = measurements_stdout(&image, &args);
+                let theirs = nitro_tpm_pcr_compute(&[&uki], &key_args);
+                assert_eq!(ours, theirs, "{name}: Secure Boot, byte for byte");
+                assert_ne!(ours, unsigned_ours, "{name}: Secure Boot changes PCR 7 (and PCR 4 up to 257)");
+            } else {
+                let mut args = vec!["--format", "nitro"];
+                args.extend(&key_refs);
+                let err = uplosi().arg("measurements").arg(&image).args(&args).assert().code(2);
+                let stderr = String::from_utf8_lossy(&err.get_output().stderr).into_owned();
+                assert!(stderr.contains("is not signed by any db certificate"), "{name}: {stderr}");
+                assert!(err.get_output().stdout.is_empty());
+            }
+        }
+    }
+}
+
+#[test]
+fn mkosis_default_layout_is_measured_through_systemd_boot_and_its_entry_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec =
+        support::boot::Spec { layout: support::boot::Layout::SystemdBoot, ..support::boot::Spec::report(Some(257)) };
+    let (image, _) = support::boot::image(dir.path(), "podvm", &spec);
+    let uki = dir.path().join("podvm.efi");
+    let loader = support::boot::parts().systemd_boot(Some(257));
+    assert_eq!(
+        measurements_stdout(&image, &["--format", "nitro"]),
+        nitro_tpm_pcr_compute(&[&loader, &uki], &[]),
+        "systemd-boot's image in PCR 4 before the UKI's, as nitro-tpm-pcr-compute computes it"
+    );
+    let (json, _, stderr) = measurements_json(&image, &[]);
+    let stages: Vec<&str> = json["EventLog"]["Events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["PCRIndex"] == 4)
+        .map(|e| e["Description"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(stages.len(), 5, "action, separator, systemd-boot, UKI, .linux: {stages:?}");
+    assert!(stages[2].starts_with("Boot Stage 1: systemd-boot 257."), "{stages:?}");
+    assert!(stderr.contains("boot path: firmware → systemd-boot 257."), "{stderr}");
+
+    // Two UKIs: systemd-boot boots the newest version, unless loader.conf says otherwise; -u picks by hand.
+    let older = dir.path().join("older.efi");
+    let osrel = dir.path().join("older.osrel");
+    std::fs::write(&osrel, b"ID=debian\nVERSION_ID=11\nPRETTY_NAME=\"older\"\n").unwrap();
+    run(Command::new("objcopy")
+        .arg("--update-section")
+        .arg(format!(".osrel={}", osrel.display()))
+        .arg(&uki)
+        .arg(&older));
+    let build = |name: &str, conf: Option<&str>| {
+        let conf_file = dir.path().join(format!("{name}.conf"));
+        let mut files: Vec<(&str, &Path)> = vec![
+            ("EFI/BOOT/BOOTX64.EFI", &loader),
+            ("EFI/Linux/podvm_1.0.efi", &uki),
+            ("EFI/Linux/podvm_0.9.efi", &older),
+        ];
+        if let Some(text) = conf {
+            std::fs::write(&conf_file, text).unwrap();
+            files.push(("loader/loader.conf", &conf_file));
+        }
+        let disk = dir.path().join(format!("{name}.raw"));
+        uki::esp_disk(&disk, 32, 200, &files);
+        disk
+    };
+    let pcr4 = |image: &Path, args: &[&str]| expected(&measurements_json(image, args).0, 4);
+    let newest = nitro_tpm_pcr_compute(&[&loader, &uki], &[]);
+    let chosen = nitro_tpm_pcr_compute(&[&loader, &older], &[]);
+    let nitro_pcr4 =
+        |doc: &str| serde_json::from_str::<serde_json::Value>(doc).unwrap()["Measurements"]["PCR4"].clone();
+    let both = build("both", None);
+    let by_conf = build("conf", Some("timeout 0\ndefault podvm_0.9*\n"));
+    let sha384 = |image: &Path, args: &[&str]| {
+        let mut all = vec!["--bank", "sha384"];
+        all.extend(args);
+        serde_json::Value::String(pcr4(image, &all))
+    };
+    assert_eq!(sha384(&both, &[]), nitro_pcr4(&newest), "VERSION_ID 12 sorts before 11");
+    assert_eq!(sha384(&by_conf, &[]), nitro_pcr4(&chosen), "loader.conf's default glob");
+    assert_eq!(sha384(&both, &["-u", "/efi/EFI/Linux/podvm_0.9.efi"]), nitro_pcr4(&chosen), "-u picks by hand");
+}
+
+#[test]
+fn a_boot_loader_uplosi_does_not_model_is_exit_2_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload");
+    std::fs::write(&payload, b"not a certificate").unwrap();
+    for (section, name) in [(".vendor_cert", "shim"), ("mods", "GRUB")] {
+        let loader = dir.path().join(format!("{name}.efi"));
+        run(Command::new("objcopy")
+            .arg("--add-section")
+            .arg(format!("{section}={}", payload.display()))
+            .arg(uki::STUB)
+            .arg(&loader));
+        let disk = dir.path().join(format!("{name}.raw"));
+        uki::esp_disk(&disk, 32, 64, &[("EFI/BOOT/BOOTX64.EFI", &loader)]);
+        let err = measurement_error(&disk, &[]);
+        assert!(err.contains(&format!("EFI/BOOT/BOOTX64.EFI in {} is {name}", disk.display())), "{err}");
+    }
+}
+
+#[test]
+fn a_type1_entry_or_no_entry_behind_systemd_boot_is_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let loader = support::boot::parts().systemd_boot(Some(257));
+    let entry = dir.path().join("entry.conf");
+    std::fs::write(&entry, b"title Debian\nlinux /vmlinuz\ninitrd /initrd.img\n").unwrap();
+    let disk = dir.path().join("type1.raw");
+    uki::esp_disk(&disk, 32, 64, &[("EFI/BOOT/BOOTX64.EFI", &loader), ("loader/entries/debian.conf", &entry)]);
+    let err = measurement_error(&disk, &[]);
+    assert!(err.contains("boots loader/entries/debian.conf, a Type #1 entry"), "{err}");
+    let empty = dir.path().join("empty.raw");
+    uki::esp_disk(&empty, 32, 64, &[("EFI/BOOT/BOOTX64.EFI", &loader)]);
+    let err = measurement_error(&empty, &[]);
+    assert!(err.contains("finds no boot entry"), "{err}");
+}
+
+#[test]
+fn banks_formats_and_phases_are_one_replay() {
+    let fx = Fixture::new(&Parts::default());
+    let disk = fx.standard_disk();
+    let doc = |args: &[&str]| -> serde_json::Value { serde_json::from_str(&measurements_stdout(&disk, args)).unwrap() };
+    let sha256 = doc(&[]);
+    let sha384 = doc(&["--bank", "sha384"]);
+    let sha1 = doc(&["--bank", "sha1"]);
+    for (json, len) in [(&sha1, 40), (&sha256, 64), (&sha384, 96)] {
+        for pcr in [4, 7, 8, 9, 11, 12, 13, 15] {
+            assert_eq!(expected(json, pcr).len(), len, "PCR {pcr}");
+        }
+    }
+    assert_eq!(
+        expected(&sha256, 7),
+        "65caf8dd1e0ea7a6347b635d2b379c93b9a1351edc2afc3ecda700e534eb3068",
+        "Secure Boot off: SecureBoot = 0, empty PK, KEK, db, dbx, separator (Debian's OVMF measures this)"
+    );
+    // The SHA-384 event log replays to its own values.
+    let mut bank: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    for e in sha384["EventLog"]["Events"].as_array().unwrap() {
+        use sha2::Digest;
+        let pcr = bank.entry(e["PCRIndex"].as_u64().unwrap()).or_insert_with(|| vec![0u8; 48]);
+        pcr.extend_from_slice(&unhex(e["Digest"].as_str().unwrap()));
+        *pcr = sha2::Sha384::digest(&pcr[..]).to_vec();
+    }
+    for (pcr, value) in &bank {
+        assert_eq!(hex(value), expected(&sha384, *pcr as u32), "SHA-384 event log of PCR {pcr}");
+    }
+
+    let kms = doc(&["--format", "aws-kms"]);
+    let condition = &kms["StringEqualsIgnoreCase"];
+    assert_eq!(condition["kms:RecipientAttestation:NitroTPMPCR4"], expected(&sha384, 4));
+    assert_eq!(condition["kms:RecipientAttestation:NitroTPMPCR12"], expected(&sha384, 12));
+    assert_eq!(condition.as_object().unwrap().len(), 2);
+
+    let rvps = doc(&["--format", "rvps", "--phase", "enter-initrd:leave-initrd"]);
+    assert_eq!((rvps["version"].as_str(), rvps["type"].as_str()), (Some("0.1.0"), Some("sample")));
+    use base64::Engine;
+    let payload = base64::engine::general_purpose::STANDARD.decode(rvps["payload"].as_str().unwrap()).unwrap();
+    let payload: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let with_phases = doc(&["--phase", "enter-initrd:leave-initrd"]);
+    for prefix in ["tpm", "snp", "tdx"] {
+        assert_eq!(payload[format!("{prefix}_pcr11")], serde_json::json!([expected(&with_phases, 11)]));
+        assert_eq!(payload[format!("{prefix}_pcr4")], serde_json::json!([expected(&sha256, 4)]));
+        assert_eq!(payload[format!("{prefix}_pcr7")], serde_json::json!([expected(&sha256, 7)]));
+    }
+    assert_eq!(with_phases["pcr11Phases"]["enter-initrd:leave-initrd"], expected(&with_phases, 11));
+    assert_eq!(with_phases["pcr11Phases"], sha256["pcr11Phases"], "the standard paths hold the one asked for");
+}
+
+#[test]
+fn pcr11_phases_equal_systemd_measure_calculate() {
+    let fx = Fixture::new(&Parts::default());
+    let (json, _, _) = measurements_json(&fx.standard_disk(), &[]);
+    let mut cmd = Command::new("/usr/lib/systemd/systemd-measure");
+    cmd.arg("calculate").arg("--bank=sha256").arg("--json=short");
+    for (name, path) in &fx.sections {
+        cmd.arg(format!("--{}={}", name.trim_start_matches('.'), path.display()));
+    }
+    let out: serde_json::Value = serde_json::from_slice(&run(&mut cmd).stdout).unwrap();
+    let entries = out["sha256"].as_array().unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(entries.len(), 4, "systemd-measure's default phase paths: {out}");
+    for entry in entries {
+        let phase = entry["phase"].as_str().unwrap();
+        assert_eq!(json["pcr11Phases"][phase], entry["hash"], "phase {phase}");
+    }
+    for phase in ["enter-initrd:leave-initrd:sysinit", "ready"] {
+        let mut cmd = Command::new("/usr/lib/systemd/systemd-measure");
+        cmd.arg("calculate").arg("--bank=sha256").arg("--json=short").arg(format!("--phase={phase}"));
+        for (name, path) in &fx.sections {
+            cmd.arg(format!("--{}={}", name.trim_start_matches('.'), path.display()));
+        }
+        let theirs: serde_json::Value = serde_json::from_slice(&run(&mut cmd).stdout).unwrap();
+        let (ours, _, _) = measurements_json(&fx.standard_disk(), &["--phase", phase]);
+        assert_eq!(theirs["sha256"][0]["hash"], expected(&ours, 11), "--phase={phase}");
+        assert_eq!(ours["pcr11Phases"][phase], expected(&ours, 11));
+    }
+}
+
+#[test]
+fn bad_banks_formats_phases_and_key_files_are_exit_2_naming_the_flag() {
+    let fx = Fixture::new(&Parts::default());
+    let disk = fx.standard_disk();
+    let dir = fx.dir.path();
+    let garbage = dir.join("garbage.esl");
+    std::fs::write(&garbage, b"-----BEGIN CERTIFICATE-----\n").unwrap();
+    let missing = dir.join("missing.esl");
+    let g = garbage.display().to_string();
+    let m = missing.display().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--bank", "sha512"], "invalid value 'sha512' for '--bank <BANK>'"),
+        (vec!["--format", "json"], "invalid value 'json' for '--format <FORMAT>'"),
+        (vec!["--format", "nitro", "--bank", "sha256"], "--format nitro with --bank sha256"),
+        (vec!["--format", "rvps", "--bank", "sha384"], "--format rvps with --bank sha384"),
+        (vec!["--phase", "enter-initrd:Leave"], "--phase \"enter-initrd:Leave\": the word \"Leave\" has 'L'"),
+        (vec!["--phase", "enter initrd"], "the word \"enter initrd\" has ' '"),
+        (vec!["--phase", "a::b"], "--phase \"a::b\" has an empty word"),
+        (vec!["--pk", &m, "--db", &g], "--pk"),
+        (vec!["--pk", &g, "--db", &g], "is not an EFI signature list"),
+        (vec!["--db", &g], "--db was given without --pk"),
+    ];
+    for (args, needle) in cases {
+        let err = measurement_error(&disk, &args);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    let err = measurement_error(&disk, &["--pk", &m, "--db", &g]);
+    assert!(err.contains(&m), "the missing file is named: {err}");
+    let err = measurement_error(&disk, &["--pk", &g, "--db", &g]);
+    assert!(err.contains(&g), "the malformed file is named: {err}");
+}
+
+#[test]
+fn measurements_format_is_checked_with_the_configuration_and_shown_in_the_plan() {
+    let ws = support::Workspace::new();
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"file\"\nmeasurementsFile = \"m.json\"\nmeasurementsFormat = \"yaml\"\n[base.file]\npath = \"x.raw\"\n",
+    );
+    let err = ws.config_error(&[]);
+    assert!(err.contains("measurementsFormat \"yaml\" is not a document uplosi writes"), "{err}");
+    assert!(err.contains("uplosi.conf"), "the file is named: {err}");
+    ws.write(
+        "uplosi.conf",
+        "[base]\nname = \"podvm\"\nprovider = \"file\"\nmeasurementsFile = \"m.json\"\nmeasurementsFormat = \"rvps\"\n[base.file]\npath = \"x.raw\"\n",
+    );
+    let plan = ws.plan_json(&[]);
+    assert!(plan["variants"][0]["steps"][0].as_str().unwrap_or_default().ends_with("m.json as rvps"), "{plan}");
+}

@@ -18,8 +18,9 @@ use thiserror::Error;
 
 use crate::cancel::Cancel;
 use crate::image::SourceImage;
+use crate::measure::digest::Bank;
 use crate::measure::pcr::hex;
-use crate::measure::{self, Consoles, MeasureError, Platform};
+use crate::measure::{self, Consoles, MeasureError, MeasureOptions, Platform, SecureBootKeys};
 use crate::progress::StageLine;
 use console::{Console, Verdict};
 use vm::{Accel, Vm, VmError, VmEvent, VmSpec};
@@ -27,8 +28,12 @@ use vm::{Accel, Vm, VmError, VmEvent, VmSpec};
 /// What the boot check does.
 #[derive(Clone, Debug)]
 pub struct BootCheckOptions {
-    /// Where the UKI is (as for `uplosi measurements`).
-    pub uki_path: String,
+    /// The UKI picked by hand (as for `uplosi measurements`); `None`: the firmware's boot path.
+    pub uki_path: Option<String>,
+    /// The bank compared.
+    pub bank: Bank,
+    /// The Secure Boot keys the firmware's variable store holds (Secure Boot on), if any.
+    pub keys: Option<SecureBootKeys>,
     /// `--firmware CODE[:VARS]`.
     pub firmware: Option<String>,
     /// Guest memory in MiB.
@@ -48,10 +53,12 @@ pub struct BootCheckOptions {
 }
 
 impl BootCheckOptions {
-    /// The defaults of `uplosi boot-check`.
-    pub fn new(uki_path: &str) -> Self {
+    /// The defaults of `uplosi boot-check`: the firmware's boot path, SHA-256, Secure Boot off.
+    pub fn new() -> Self {
         Self {
-            uki_path: uki_path.to_string(),
+            uki_path: None,
+            bank: Bank::Sha256,
+            keys: None,
             firmware: None,
             memory_mib: 2048,
             cpus: 2,
@@ -160,6 +167,12 @@ pub struct LaterEventReport {
     pub digest: String,
 }
 
+impl Default for BootCheckOptions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What the boot check found.
 #[derive(Clone, Debug, Serialize)]
 pub struct BootReport {
@@ -167,6 +180,8 @@ pub struct BootReport {
     pub image: String,
     /// `kvm` or `tcg`.
     pub accel: &'static str,
+    /// The PCR bank compared (`sha256`).
+    pub bank: &'static str,
     /// Seconds from starting the VM to the verdict.
     pub seconds: f64,
     /// Whether the console showed the system came up.
@@ -177,6 +192,10 @@ pub struct BootReport {
     pub mismatches: Vec<MismatchReport>,
     /// Extends after the predicted ones (user space), listed, not judged.
     pub later_events: Vec<LaterEventReport>,
+    /// The systemd-pcrphase words the boot extended PCR 11 with after the UKI's own events, in order.
+    pub phases: Vec<String>,
+    /// PCR 11 as the running system holds it: after the UKI's events and the phases (null with --no-measure).
+    pub pcr11: Option<String>,
     /// Why the boot failed, if it did.
     pub error: Option<String>,
     /// The console line that says what a boot that did not come up waits on (systemd-firstboot's prompt, an
@@ -235,6 +254,9 @@ impl BootReport {
             (None, true) => out.push_str("  the system came up\n"),
             (None, false) => {}
         }
+        if !self.measurements.is_empty() {
+            let _ = writeln!(out, "  {} bank:", self.bank);
+        }
         for (pcr, check) in &self.measurements {
             if check.matches {
                 let _ = writeln!(out, "  PCR {pcr:>2}: matches ({})", check.expected);
@@ -254,6 +276,12 @@ impl BootReport {
             }
             let list: Vec<String> = counts.iter().map(|(pcr, n)| format!("PCR {pcr}: {n}")).collect();
             let _ = writeln!(out, "  later extends from user space (listed, not judged): {}", list.join(", "));
+        }
+        if !self.phases.is_empty() {
+            let _ = writeln!(out, "  systemd-pcrphase extended PCR 11 with: {}", self.phases.join(", "));
+        }
+        if let Some(pcr11) = &self.pcr11 {
+            let _ = writeln!(out, "  PCR 11 of the running system: {pcr11}");
         }
         if !self.passed() && !self.console_tail.is_empty() {
             let _ = writeln!(out, "  the last {} console lines:", self.console_tail.len());
@@ -320,7 +348,8 @@ pub fn boot_check(
     };
     let platform = platform(options);
     let predicted = if options.measure {
-        let m = measure::measure_image(image, &options.uki_path, &platform)?;
+        let measure_options = MeasureOptions { uki_path: options.uki_path.clone(), keys: options.keys.clone() };
+        let m = measure::measure_image(image, &measure_options, &platform)?;
         if let Some(arch) = m.replay.machine.filter(|&m| m != 0x8664) {
             return Err(BootCheckError::Usage(format!(
                 "the UKI in {} is for {} (PE machine {arch:#06x}); boot-check boots only x86_64 images for now",
@@ -340,7 +369,7 @@ pub fn boot_check(
     } else {
         None
     };
-    let tools = vm::find_tools(options.firmware.as_deref())?;
+    let tools = vm::find_tools(options.firmware.as_deref(), options.bank != Bank::Sha256)?;
     let workdir = tempfile::Builder::new()
         .prefix("uplosi-boot-check.")
         .tempdir()
@@ -352,6 +381,8 @@ pub fn boot_check(
         memory_mib: options.memory_mib,
         cpus: options.cpus,
         workdir: workdir.path(),
+        bank: options.bank,
+        secure_boot: options.keys.is_some(),
     };
 
     let what = if options.expect == console::DEFAULT_EXPECT {
@@ -482,11 +513,14 @@ pub fn boot_check(
     let mut report = BootReport {
         image: image.path.display().to_string(),
         accel: accel.name(),
+        bank: options.bank.name(),
         seconds: (elapsed.as_secs_f64() * 10.0).round() / 10.0,
         booted,
         measurements: BTreeMap::new(),
         mismatches: Vec::new(),
         later_events: Vec::new(),
+        phases: Vec::new(),
+        pcr11: None,
         error,
         waiting_on: if booted { None } else { waiting.as_ref().map(|w| w.text.clone()) },
         waiting_on_line: if booted { None } else { waiting.as_ref().map(|w| w.line) },
@@ -498,9 +532,17 @@ pub fn boot_check(
         let log_path = vm.tpm_log.clone();
         let text = std::fs::read_to_string(&log_path)
             .map_err(|e| BootCheckError::TpmLog { path: log_path.clone(), source: Box::new(e) })?;
-        let extends = tpmlog::extends(&text)
+        let extends = tpmlog::extends(&text, options.bank)
             .map_err(|e| BootCheckError::TpmLog { path: log_path.clone(), source: Box::new(e) })?;
-        let comparison = compare::compare(&predicted.simulator.events, &extends);
+        let comparison = compare::compare(&predicted.simulator.events, &extends, options.bank);
+        report.phases = comparison
+            .later
+            .iter()
+            .filter(|e| e.pcr == 11)
+            .map_while(|e| measure::phases::word_of(&e.digest, options.bank))
+            .map(str::to_string)
+            .collect();
+        report.pcr11 = Some(hex(&tpmlog::value(&extends, options.bank, 11, None)));
         for (pcr, check) in comparison.pcrs {
             report.measurements.insert(
                 pcr,

@@ -1,12 +1,13 @@
 //! The TPM's side of a boot, from swtpm's I/O log (`swtpm socket --log file=F,level=20`): every command the
 //! guest sent and every response, as hex dumps. Replaying the successful TPM2_PCR_Extend (and TPM2_PCR_Event)
-//! commands on the SHA-256 bank reproduces what the guest reads in `/sys/class/tpm/tpm0/pcr-sha256/N`.
+//! commands on one bank reproduces what the guest reads in `/sys/class/tpm/tpm0/pcr-BANK/N`.
 //!
 //! The log is parsed strictly: a line that is neither a record header nor hex bytes, a record whose bytes do not
 //! add up to its length, or a command whose structure does not parse is an error, never a silent pass.
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
+
+use crate::measure::digest::Bank;
 
 /// TPM2_CC_PCR_Extend.
 const CC_PCR_EXTEND: u32 = 0x182;
@@ -16,8 +17,6 @@ const CC_PCR_EVENT: u32 = 0x13c;
 const CC_STARTUP: u32 = 0x144;
 /// swtpm's control command CMD_INIT: the TPM is (re)initialised, as at power-on.
 const CTRL_INIT: u32 = 0x02;
-/// TPM_ALG_SHA256.
-const ALG_SHA256: u16 = 0x000b;
 
 /// Why the log cannot be read.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -51,15 +50,23 @@ pub enum TpmLogError {
     /// No command at all: swtpm logged nothing, so the guest never talked to the TPM.
     #[error("the swtpm log holds no TPM command: the firmware never used the TPM")]
     Empty,
+    /// Extends happened, none of them in the bank asked for: the TPM has it not allocated.
+    #[error("the TPM received {count} PCR extends, none of them for the {bank} bank: it is not allocated")]
+    BankMissing {
+        /// The bank asked for.
+        bank: Bank,
+        /// The extends seen in other banks.
+        count: usize,
+    },
 }
 
-/// One extend of a PCR's SHA-256 bank.
+/// One extend of a PCR's bank.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extend {
     /// The PCR.
     pub pcr: u32,
-    /// The digest extended (for TPM2_PCR_Event: the SHA-256 of the event data).
-    pub digest: [u8; 32],
+    /// The digest extended in the bank (for TPM2_PCR_Event: the bank's hash of the event data).
+    pub digest: Vec<u8>,
 }
 
 #[derive(Debug)]
@@ -150,14 +157,16 @@ fn digest_size(alg: u16) -> Option<usize> {
     }
 }
 
-/// What one command does to the SHA-256 bank.
+/// What one command does to the bank.
 enum Effect {
     Extend(Extend),
+    /// An extend of other banks only.
+    OtherBanks,
     ResetAll,
     Nothing,
 }
 
-fn command_effect(cmd: &[u8]) -> Result<Effect, String> {
+fn command_effect(cmd: &[u8], bank: Bank) -> Result<Effect, String> {
     let mut r = Reader { bytes: cmd, at: 0 };
     let _tag = r.u16()?;
     let size = r.u32()? as usize;
@@ -179,20 +188,18 @@ fn command_effect(cmd: &[u8]) -> Result<Effect, String> {
                 let alg = r.u16()?;
                 let len = digest_size(alg).ok_or_else(|| format!("unknown hash algorithm {alg:#06x}"))?;
                 let digest = r.take(len)?;
-                if alg == ALG_SHA256 {
-                    let mut d = [0u8; 32];
-                    d.copy_from_slice(digest);
-                    found = Some(d);
+                if alg == bank.tpm_alg() {
+                    found = Some(digest.to_vec());
                 }
             }
-            Ok(found.map_or(Effect::Nothing, |digest| Effect::Extend(Extend { pcr, digest })))
+            Ok(found.map_or(Effect::OtherBanks, |digest| Effect::Extend(Extend { pcr, digest })))
         }
         CC_PCR_EVENT => {
             let pcr = r.u32()?;
             sessions(&mut r)?;
             let len = r.u16()? as usize;
             let data = r.take(len)?;
-            Ok(Effect::Extend(Extend { pcr, digest: Sha256::digest(data).into() }))
+            Ok(Effect::Extend(Extend { pcr, digest: bank.hash(data) }))
         }
         // TPM_SU_CLEAR: a successful Startup(CLEAR) starts from zeroed PCRs.
         CC_STARTUP if r.u16()? == 0 => Ok(Effect::ResetAll),
@@ -200,15 +207,16 @@ fn command_effect(cmd: &[u8]) -> Result<Effect, String> {
     }
 }
 
-/// The SHA-256 extends the guest made, in order, since the TPM was last initialised (a power-on or a successful
-/// Startup(CLEAR) starts the list again, as it zeroes the PCRs). TPM2_PCR_Reset is not replayed: software can
-/// reset only PCR 16 and 23, which no model here looks at.
-pub fn extends(log: &str) -> Result<Vec<Extend>, TpmLogError> {
+/// The extends of `bank` the guest made, in order, since the TPM was last initialised (a power-on or a
+/// successful Startup(CLEAR) starts the list again, as it zeroes the PCRs). TPM2_PCR_Reset is not replayed:
+/// software can reset only PCR 16 and 23, which no model here looks at.
+pub fn extends(log: &str, bank: Bank) -> Result<Vec<Extend>, TpmLogError> {
     let records = parse_records(log)?;
     if !records.iter().any(|r| matches!(r.kind, Kind::Cmd)) {
         return Err(TpmLogError::Empty);
     }
     let mut out = Vec::new();
+    let mut other_banks = 0usize;
     let mut pending: Option<(usize, Effect)> = None;
     for record in records {
         match record.kind {
@@ -220,7 +228,7 @@ pub fn extends(log: &str) -> Result<Vec<Extend>, TpmLogError> {
             }
             Kind::CtrlRsp => {}
             Kind::Cmd => {
-                let effect = command_effect(&record.bytes)
+                let effect = command_effect(&record.bytes, bank)
                     .map_err(|reason| TpmLogError::Command { line: record.line, reason })?;
                 pending = Some((record.line, effect));
             }
@@ -232,27 +240,27 @@ pub fn extends(log: &str) -> Result<Vec<Extend>, TpmLogError> {
                 }
                 match effect {
                     Effect::Extend(e) => out.push(e),
-                    Effect::ResetAll => out.clear(),
+                    Effect::OtherBanks => other_banks += 1,
+                    Effect::ResetAll => {
+                        out.clear();
+                        other_banks = 0;
+                    }
                     Effect::Nothing => {}
                 }
             }
         }
     }
+    if out.is_empty() && other_banks > 0 {
+        return Err(TpmLogError::BankMissing { bank, count: other_banks });
+    }
     Ok(out)
 }
 
-/// SHA-256(`value` || `digest`): what one extend makes of a PCR's value.
-pub fn chain(value: [u8; 32], digest: [u8; 32]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(value);
-    h.update(digest);
-    h.finalize().into()
-}
-
-/// The value of `pcr` after the first `count` of its extends in `extends` (all of them when `count` is `None`).
-pub fn value(extends: &[Extend], pcr: u32, count: Option<usize>) -> [u8; 32] {
+/// The value of `pcr` in `bank` after the first `count` of its extends in `extends` (all of them when `count` is
+/// `None`).
+pub fn value(extends: &[Extend], bank: Bank, pcr: u32, count: Option<usize>) -> Vec<u8> {
     let ours = extends.iter().filter(|e| e.pcr == pcr).take(count.unwrap_or(usize::MAX));
-    ours.fold([0u8; 32], |value, e| chain(value, e.digest))
+    ours.fold(bank.zero(), |value, e| bank.extend(&value, &e.digest))
 }
 
 #[cfg(test)]
@@ -293,37 +301,48 @@ mod tests {
     const FAIL: [u8; 10] = [0x80, 0x01, 0, 0, 0, 0x0a, 0, 0, 0x01, 0x01];
 
     #[test]
-    fn successful_extends_replay_on_the_sha256_bank() -> Result<(), TpmLogError> {
+    fn successful_extends_replay_on_the_bank_asked_for() -> Result<(), TpmLogError> {
         let mut log = dump("Ctrl Cmd", &[0, 0, 0, 2, 0, 0, 0, 0]) + &dump("Ctrl Rsp", &[0, 0, 0, 0]);
         log += &(dump("SWTPM_IO_Read", &extend_cmd(4, [1; 32])) + &dump("SWTPM_IO_Write", &OK));
         log += &(dump("SWTPM_IO_Read", &extend_cmd(9, [2; 32])) + &dump("SWTPM_IO_Write", &FAIL));
         log += &(dump("SWTPM_IO_Read", &extend_cmd(4, [3; 32])) + &dump("SWTPM_IO_Write", &OK));
-        let got = extends(&log)?;
+        let got = extends(&log, Bank::Sha256)?;
         assert_eq!(
             got,
-            [Extend { pcr: 4, digest: [1; 32] }, Extend { pcr: 4, digest: [3; 32] }],
+            [Extend { pcr: 4, digest: vec![1; 32] }, Extend { pcr: 4, digest: vec![3; 32] }],
             "a failed extend does not count"
         );
-        let mut expected = [0u8; 32];
+        let mut expected = vec![0u8; 32];
         for d in [[1u8; 32], [3; 32]] {
-            expected = Sha256::digest([expected, d].concat()).into();
+            expected = Bank::Sha256.hash(&[expected, d.to_vec()].concat());
         }
-        assert_eq!(value(&got, 4, None), expected);
-        assert_eq!(value(&got, 9, None), [0; 32]);
+        assert_eq!(value(&got, Bank::Sha256, 4, None), expected);
+        assert_eq!(value(&got, Bank::Sha256, 9, None), vec![0; 32]);
+        let sha1 = extends(&log, Bank::Sha1)?;
+        assert_eq!(sha1.len(), 2, "the SHA-1 digests of the same commands");
+        assert_eq!(sha1[0].digest, vec![7; 20]);
+        assert_eq!(
+            extends(&log, Bank::Sha384),
+            Err(TpmLogError::BankMissing { bank: Bank::Sha384, count: 2 }),
+            "a bank the TPM does not have is named"
+        );
         // A second power-on starts over.
         let again = log.clone() + &dump("Ctrl Cmd", &[0, 0, 0, 2, 0, 0, 0, 0]);
-        assert!(extends(&again)?.is_empty());
+        assert!(extends(&again, Bank::Sha256)?.is_empty());
         Ok(())
     }
 
     #[test]
     fn an_unreadable_log_is_an_error_not_a_pass() {
-        assert_eq!(extends(""), Err(TpmLogError::Empty));
-        assert!(matches!(extends(" SWTPM_IO_Read: length 10\n 80 01\n"), Err(TpmLogError::Length { .. })));
-        assert!(matches!(extends(" hello\n"), Err(TpmLogError::BadLine { line: 1, .. })));
+        assert_eq!(extends("", Bank::Sha256), Err(TpmLogError::Empty));
+        assert!(matches!(
+            extends(" SWTPM_IO_Read: length 10\n 80 01\n", Bank::Sha256),
+            Err(TpmLogError::Length { .. })
+        ));
+        assert!(matches!(extends(" hello\n", Bank::Sha256), Err(TpmLogError::BadLine { line: 1, .. })));
         let mut short = extend_cmd(4, [1; 32]);
         short.truncate(20);
         short[2..6].copy_from_slice(&20u32.to_be_bytes());
-        assert!(matches!(extends(&dump("SWTPM_IO_Read", &short)), Err(TpmLogError::Command { .. })));
+        assert!(matches!(extends(&dump("SWTPM_IO_Read", &short), Bank::Sha256), Err(TpmLogError::Command { .. })));
     }
 }

@@ -46,6 +46,14 @@ pub enum VmError {
         /// What it printed.
         log: String,
     },
+    /// swtpm_setup could not allocate the PCR banks.
+    #[error("swtpm_setup could not allocate the PCR banks {banks}: {log}")]
+    SwtpmSetup {
+        /// The banks asked for.
+        banks: String,
+        /// What it printed.
+        log: String,
+    },
 }
 
 impl VmError {
@@ -62,6 +70,8 @@ pub struct Tools {
     pub qemu: PathBuf,
     /// `swtpm`.
     pub swtpm: PathBuf,
+    /// `swtpm_setup`, when a bank other than swtpm's default allocation is asked for.
+    pub swtpm_setup: Option<PathBuf>,
     /// The firmware code (read-only pflash).
     pub code: PathBuf,
     /// The variable store template.
@@ -73,8 +83,8 @@ fn on_path(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| p.is_file())
 }
 
-/// Finds QEMU, swtpm and the firmware; `firmware` is `--firmware CODE[:VARS]`.
-pub fn find_tools(firmware: Option<&str>) -> Result<Tools, VmError> {
+/// Finds QEMU, swtpm (and `swtpm_setup` when `setup`) and the firmware; `firmware` is `--firmware CODE[:VARS]`.
+pub fn find_tools(firmware: Option<&str>, setup: bool) -> Result<Tools, VmError> {
     let program = |name: &str| {
         on_path(name).ok_or_else(|| VmError::Missing {
             what: format!("`{name}`"),
@@ -84,6 +94,7 @@ pub fn find_tools(firmware: Option<&str>) -> Result<Tools, VmError> {
     };
     let qemu = program("qemu-system-x86_64")?;
     let swtpm = program("swtpm")?;
+    let swtpm_setup = if setup { Some(program("swtpm_setup")?) } else { None };
     let (code, vars) = match firmware {
         Some(spec) => match spec.split_once(':') {
             Some((code, vars)) => (PathBuf::from(code), PathBuf::from(vars)),
@@ -100,7 +111,7 @@ pub fn find_tools(firmware: Option<&str>) -> Result<Tools, VmError> {
             });
         }
     }
-    Ok(Tools { qemu, swtpm, code, vars })
+    Ok(Tools { qemu, swtpm, swtpm_setup, code, vars })
 }
 
 /// How QEMU runs the guest.
@@ -143,6 +154,19 @@ pub struct VmSpec<'a> {
     pub cpus: u32,
     /// Directory for the TPM state, its log, the socket and the variable store.
     pub workdir: &'a Path,
+    /// The PCR bank that must be allocated besides SHA-256.
+    pub bank: crate::measure::digest::Bank,
+    /// Whether the firmware enforces Secure Boot (OVMF's `secboot` builds, which need SMM).
+    pub secure_boot: bool,
+}
+
+impl VmSpec<'_> {
+    /// Whether QEMU runs the firmware with SMM and a flash only SMM may write: what OVMF's Secure Boot builds
+    /// (`OVMF_CODE_4M.secboot.fd`, `.ms.fd`) need, and what protects their variable store.
+    fn smm(&self) -> bool {
+        let name = self.tools.code.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        self.secure_boot || name.contains(".secboot.") || name.contains(".ms.")
+    }
 }
 
 /// Something the VM did.
@@ -225,6 +249,25 @@ impl Vm {
             vars.display()
         )))?;
 
+        // Allocate the bank asked for (with SHA-256, which the model of user space needs anyway); without this swtpm
+        // starts with its built-in allocation.
+        if let Some(setup) = &spec.tools.swtpm_setup {
+            let banks = if spec.bank == crate::measure::digest::Bank::Sha256 {
+                "sha256".to_string()
+            } else {
+                format!("sha256,{}", spec.bank.name())
+            };
+            let out = Command::new(setup)
+                .args(["--tpm2", "--overwrite", "--pcr-banks", &banks, "--tpmstate"])
+                .arg(&state)
+                .stdin(Stdio::null())
+                .output()
+                .map_err(VmError::io(format!("starting {}", setup.display())))?;
+            if !out.status.success() {
+                let text = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                return Err(VmError::SwtpmSetup { banks, log: text });
+            }
+        }
         let mut swtpm = Command::new(&spec.tools.swtpm);
         swtpm
             .args(["socket", "--tpm2", "--tpmstate"])
@@ -253,7 +296,11 @@ impl Vm {
         }
 
         let mut qemu = Command::new(&spec.tools.qemu);
-        qemu.args(["-nodefaults", "-no-user-config", "-machine", "q35", "-display", "none", "-monitor", "none"]);
+        let machine = if spec.smm() { "q35,smm=on" } else { "q35" };
+        qemu.args(["-nodefaults", "-no-user-config", "-machine", machine, "-display", "none", "-monitor", "none"]);
+        if spec.smm() {
+            qemu.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
         qemu.args(["-serial", "stdio", "-no-reboot"]);
         match accel {
             Accel::Kvm => qemu.args(["-accel", "kvm", "-cpu", "host"]),

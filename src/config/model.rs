@@ -280,6 +280,8 @@ pub struct VariantConfig {
     /// Where `uplosi upload` writes the image's PCR measurements first, resolved against the config directory.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub measurements_file: Option<PathBuf>,
+    /// `measurementsFormat`: the document written there (`uplosi`, `nitro`, `aws-kms`, `rvps`).
+    pub measurements_format: String,
     /// `bootCheck`: boot the image (`uplosi boot-check`) before anything is uploaded.
     pub boot_check: bool,
     /// `bootCheckExpect`: what the console must show (a regular expression); `None` is boot-check's default.
@@ -491,6 +493,7 @@ pub fn resolve(
     };
     use Section::*;
     let measurements_file = r.opt_string(Common, "measurementsFile").filter(|p| !p.is_empty()).map(|p| dir.join(p));
+    let measurements_format = r.string(Common, "measurementsFormat");
     let boot_check = r.bool(Common, "bootCheck");
     let boot_check_expect = r.opt_string(Common, "bootCheckExpect").filter(|e| !e.is_empty());
     let boot_check_timeout = r.string(Common, "bootCheckTimeout");
@@ -614,6 +617,7 @@ pub fn resolve(
                 image_version,
                 image_version_file,
                 measurements_file,
+                measurements_format,
                 boot_check,
                 boot_check_expect,
                 boot_check_timeout,

@@ -119,6 +119,7 @@ pub const COMMON_KEYS: &[KeySpec] = &[
     key("imageVersionFile", Kind::String),
     key("name", Kind::String),
     tmpl("measurementsFile", None),
+    with_default("measurementsFormat", Kind::String, "\"uplosi\""),
     with_default("bootCheck", Kind::Bool, "false"),
     key("bootCheckExpect", Kind::String),
     with_default("bootCheckTimeout", Kind::String, "\"5m\""),

@@ -8,6 +8,7 @@ use super::schema::Section;
 /// Every problem with `cfg`; empty when it is ready to upload.
 pub fn validate(cfg: &VariantConfig) -> Vec<Problem> {
     let mut v = Checker { cfg, problems: Vec::new() };
+    v.measurements();
     v.boot_check();
     match cfg.provider {
         Provider::Aws => v.aws(),
@@ -38,6 +39,20 @@ pub fn is_gce_name(s: &str) -> bool {
 }
 
 impl Checker<'_> {
+    /// `measurementsFormat` names a document uplosi writes.
+    fn measurements(&mut self) {
+        let cfg = self.cfg;
+        if crate::measure::document::Format::from_name(&cfg.measurements_format).is_none() {
+            let message = format!(
+                "measurementsFormat \"{}\" is not a document uplosi writes; use \"uplosi\" (the Go uplosi's JSON), \
+                 \"nitro\" (nitro-tpm-pcr-compute's), \"aws-kms\" (a KMS key-policy condition) or \"rvps\" \
+                 (Trustee's RVPS message)",
+                cfg.measurements_format
+            );
+            self.fail(Section::Common, "measurementsFormat", message);
+        }
+    }
+
     /// `bootCheckTimeout` and `bootCheckExpect` are checked even with `bootCheck = false`, as `--boot-check` uses
     /// them too.
     fn boot_check(&mut self) {

@@ -37,8 +37,8 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from(le32(b, at)) | (u64::from(le32(b, at + 4)) << 32)
 }
 
-/// Formats a GPT GUID (mixed-endian on disk) as text.
-fn guid_text(g: &[u8]) -> String {
+/// Formats a GUID as stored by UEFI (mixed-endian: the first three fields little-endian) as upper-case text.
+pub fn guid_text(g: &[u8]) -> String {
     format!(
         "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{}",
         le32(g, 0),

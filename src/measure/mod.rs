@@ -8,21 +8,28 @@
 //! and add-ons from the ESP). The output is the Go uplosi's JSON document; no mount, no root, no temporary file.
 
 pub mod cpio;
+pub mod digest;
+pub mod document;
+pub mod esl;
 pub mod esp;
+pub mod loader;
 pub mod pcr;
 pub mod pe;
+pub mod phases;
 pub mod replay;
+pub mod secureboot;
 pub mod stub;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 use crate::image::{ImageError, SourceImage};
+use loader::BootFile;
 use pcr::{Simulator, hex};
-pub use replay::{Consoles, Platform, Replay, UkiError};
+pub use replay::{Chain, Consoles, Platform, Replay, UkiError};
+pub use secureboot::{KeyFiles, SecureBootError, SecureBootKeys};
 
 /// Where mkosi images keep the UKI, as the ESP is mounted at `/boot`: the Go tool's default.
 pub const DEFAULT_UKI_PATH: &str = "/boot/EFI/BOOT/BOOTX64.EFI";
@@ -95,6 +102,80 @@ pub enum MeasureError {
         /// The sections it has.
         sections: Vec<String>,
     },
+    /// The boot path cannot be followed.
+    #[error(transparent)]
+    Path(#[from] PathError),
+}
+
+/// Why the boot path cannot be followed (part of [`MeasureError`]).
+#[derive(Debug, Error)]
+pub enum PathError {
+    /// The firmware's boot file is a boot loader uplosi does not model.
+    #[error(
+        "{file} in {} is {name} ({evidence}); uplosi predicts the PCRs of a UKI the firmware starts directly or          through systemd-boot, not through {name}, and would predict a boot that does not happen",
+        path.display()
+    )]
+    Unmodelled {
+        /// The image.
+        path: PathBuf,
+        /// The boot file.
+        file: String,
+        /// shim, GRUB.
+        name: &'static str,
+        /// How it was recognised.
+        evidence: String,
+    },
+    /// The firmware's boot file is a PE image that is neither a UKI nor systemd-boot.
+    #[error(
+        "{file} in {} is neither a unified kernel image (no .linux section) nor systemd-boot (no \
+         \"systemd-boot\" in .sdmagic; its sections: {}); uplosi cannot tell what it would measure",
+        path.display(),
+        sections.join(" ")
+    )]
+    Unknown {
+        /// The image.
+        path: PathBuf,
+        /// The boot file.
+        file: String,
+        /// Its sections.
+        sections: Vec<String>,
+    },
+    /// systemd-boot finds nothing to boot.
+    #[error(
+        "systemd-boot {version} ({file}) in {} finds no boot entry: no UKI with an .osrel in EFI/Linux/ and no          loader/entries/*.conf; it would show its menu and wait. Put the UKI into EFI/Linux/ or pass -u",
+        path.display()
+    )]
+    NoEntry {
+        /// The image.
+        path: PathBuf,
+        /// The boot file.
+        file: String,
+        /// systemd-boot's version.
+        version: String,
+    },
+    /// systemd-boot boots a Type #1 entry.
+    #[error(
+        "systemd-boot {version} in {} boots {entry}, a Type #1 entry (a kernel and initrd, not a UKI), which          uplosi does not model; make a UKI in EFI/Linux/ the default (loader/loader.conf `default`) or pass -u",
+        path.display()
+    )]
+    Type1 {
+        /// The image.
+        path: PathBuf,
+        /// systemd-boot's version.
+        version: String,
+        /// The entry file.
+        entry: String,
+    },
+    /// With Secure Boot on, an image on the path would not start.
+    #[error("with Secure Boot on (--pk/--kek/--db/--dbx), {image} in {} would not start: {refusal}", path.display())]
+    NotSigned {
+        /// The disk image.
+        path: PathBuf,
+        /// Which image on the boot path.
+        image: String,
+        /// Why.
+        refusal: secureboot::Refusal,
+    },
 }
 
 impl MeasureError {
@@ -108,12 +189,26 @@ impl MeasureError {
     }
 }
 
-/// The result: the PCR bank with its event log, the human summary the Go tool prints, and warnings.
+/// What to measure, and how the firmware is set up.
+#[derive(Clone, Debug, Default)]
+pub struct MeasureOptions {
+    /// `-u`: the UKI, picked by hand; `None`: the one the firmware's boot path reaches.
+    pub uki_path: Option<String>,
+    /// The Secure Boot variables; `None`: Secure Boot off.
+    pub keys: Option<SecureBootKeys>,
+}
+
+impl MeasureOptions {
+    /// The UKI the firmware's path reaches, Secure Boot off.
+    pub fn firmware_path() -> Self {
+        Self::default()
+    }
+}
+
+/// The result: the PCRs with their event log, and warnings.
 pub struct Measurements {
     /// The simulated PCRs and events.
     pub simulator: Simulator,
-    /// The summary for stderr.
-    pub summary: String,
     /// What the user should know about the prediction (log them as warnings).
     pub warnings: Vec<String>,
     /// The replayed boot, for the boot check.
@@ -133,13 +228,117 @@ pub fn esp_candidates(uki_path: &str) -> Vec<String> {
     candidates
 }
 
-/// Measures the UKI at `uki_path` in the image at `image_path` (raw or qcow2) for a machine nothing is known about.
-pub fn measure(image_path: &Path, uki_path: &str) -> Result<Measurements, MeasureError> {
-    measure_image(&SourceImage::open(image_path)?, uki_path, &Platform::UNKNOWN)
+/// Measures the image at `image_path` (raw or qcow2) as `options` say, for a machine nothing is known about.
+pub fn measure(image_path: &Path, options: &MeasureOptions) -> Result<Measurements, MeasureError> {
+    measure_image(&SourceImage::open(image_path)?, options, &Platform::UNKNOWN)
 }
 
-/// Measures the UKI at `uki_path` in the already opened `image`, booted on `platform`.
-pub fn measure_image(image: &SourceImage, uki_path: &str, platform: &Platform) -> Result<Measurements, MeasureError> {
+/// The file the firmware boots: the first fallback path that exists, with its bytes.
+fn firmware_file(esp: &esp::Esp) -> std::io::Result<Option<(String, Vec<u8>)>> {
+    for path in loader::FALLBACK_PATHS {
+        if let Some(bytes) = esp.read(path)? {
+            return Ok(Some((path.to_string(), bytes)));
+        }
+    }
+    Ok(None)
+}
+
+/// Where the firmware's path leads: the UKI and systemd-boot in front of it, if any.
+struct BootPath {
+    /// The UKI's path in the ESP.
+    location: String,
+    /// The UKI.
+    uki: Vec<u8>,
+    /// systemd-boot's image, version text and model.
+    systemd_boot: Option<(Vec<u8>, String, loader::SystemdBootModel)>,
+}
+
+impl BootPath {
+    fn direct((location, uki): (String, Vec<u8>)) -> Self {
+        Self { location, uki, systemd_boot: None }
+    }
+}
+
+/// Follows the firmware's boot path in `esp`: the UKI at the fallback path, or systemd-boot there and the entry it
+/// picks; `-u` overrides the entry.
+fn boot_path(esp: &esp::Esp, image: &Path, uki_path: Option<&str>) -> Result<BootPath, MeasureError> {
+    let fat_err = |source| MeasureError::BadFat { path: image.to_path_buf(), source };
+    let firmware = firmware_file(esp).map_err(fat_err)?;
+    let picked = match uki_path {
+        Some(wanted) => {
+            let mut found = None;
+            for candidate in esp_candidates(wanted) {
+                if let Some(bytes) = esp.read(&candidate).map_err(fat_err)? {
+                    found = Some((candidate, bytes));
+                    break;
+                }
+            }
+            let Some(found) = found else {
+                return Err(MeasureError::UkiNotFound {
+                    path: image.into(),
+                    uki: wanted.to_string(),
+                    listing: esp.efi_boot_listing(),
+                });
+            };
+            Some(found)
+        }
+        None => None,
+    };
+    let Some((file, bytes)) = firmware else {
+        return match picked {
+            // No fallback boot file: the UKI picked by hand is taken as what the firmware starts.
+            Some(found) => Ok(BootPath::direct(found)),
+            None => Err(MeasureError::UkiNotFound {
+                path: image.into(),
+                uki: DEFAULT_UKI_PATH.to_string(),
+                listing: esp.efi_boot_listing(),
+            }),
+        };
+    };
+    let kind = match pe::PeFile::parse(&bytes) {
+        Ok(pe) => (loader::classify(&pe), pe.section_names()),
+        // Not a PE image at all: measured as the UKI it should be, which names what is wrong with it.
+        Err(_) => (BootFile::Uki, Vec::new()),
+    };
+    match kind {
+        (BootFile::Unmodelled { name, evidence }, _) => {
+            Err(PathError::Unmodelled { path: image.into(), file, name, evidence }.into())
+        }
+        (BootFile::SystemdBoot { version, release }, _) => {
+            let model = loader::SystemdBootModel::for_release(release);
+            let (location, uki) = match picked {
+                Some(found) => found,
+                None => {
+                    let entries = loader::entries(esp).map_err(fat_err)?;
+                    let conf = esp.read("loader/loader.conf").map_err(fat_err)?;
+                    let conf = conf.map(|c| String::from_utf8_lossy(&c).into_owned());
+                    let Some(entry) = loader::default_entry(entries, conf.as_deref()) else {
+                        return Err(PathError::NoEntry { path: image.into(), file, version }.into());
+                    };
+                    if !entry.uki {
+                        return Err(PathError::Type1 { path: image.into(), version, entry: entry.path }.into());
+                    }
+                    let bytes = esp.read(&entry.path).map_err(fat_err)?.unwrap_or_default();
+                    (entry.path, bytes)
+                }
+            };
+            Ok(BootPath { location, uki, systemd_boot: Some((bytes, version, model)) })
+        }
+        (BootFile::Uki, _) => Ok(BootPath::direct(picked.unwrap_or((file, bytes)))),
+        // A boot file uplosi cannot read is left to the user who picked the UKI by hand.
+        (BootFile::Unknown, sections) => match picked {
+            Some(found) => Ok(BootPath::direct(found)),
+            None => Err(PathError::Unknown { path: image.into(), file, sections }.into()),
+        },
+    }
+}
+
+/// Measures the already opened `image` as `options` say, booted on `platform`.
+pub fn measure_image(
+    image: &SourceImage,
+    options: &MeasureOptions,
+    platform: &Platform,
+) -> Result<Measurements, MeasureError> {
     let path = image.path.clone();
     let read_err = |source| MeasureError::Read { path: path.clone(), source };
     let partition = match esp::find_esp(&*image.data, image.size).map_err(read_err)? {
@@ -150,45 +349,59 @@ pub fn measure_image(image: &SourceImage, uki_path: &str, platform: &Platform) -
     let fat_err = |source| MeasureError::BadFat { path: path.clone(), source };
     let esp =
         esp::Esp::open(esp::PartitionReader::new(std::sync::Arc::clone(&image.data), partition)).map_err(fat_err)?;
-    let mut found = None;
-    for candidate in esp_candidates(uki_path) {
-        if let Some(bytes) = esp.read(&candidate).map_err(fat_err)? {
-            found = Some((candidate, bytes));
-            break;
-        }
-    }
-    let Some((location, uki)) = found else {
-        return Err(MeasureError::UkiNotFound { path, uki: uki_path.to_string(), listing: esp.efi_boot_listing() });
-    };
+    let BootPath { location, uki, systemd_boot } = boot_path(&esp, &path, options.uki_path.as_deref())?;
     let sidecars = replay::read_sidecars(&esp, &location).map_err(fat_err)?;
-    measure_uki(&uki, &sidecars, platform).map_err(|e| match e {
-        UkiError::NotPe(reason) => MeasureError::NotPe { path, uki: uki_path.into(), reason },
-        UkiError::Missing { section, sections } => {
-            MeasureError::MissingSection { path, uki: uki_path.into(), section, sections }
-        }
+    let chain = Chain {
+        loader: systemd_boot.as_ref().map(|(image, version, model)| replay::Loader { image, version, model: *model }),
+        keys: options.keys.as_ref(),
+    };
+    let shown = format!("/{location}");
+    measure_uki(&uki, &sidecars, platform, &chain).map_err(|e| match e {
+        UkiError::NotPe(reason) => MeasureError::NotPe { path, uki: shown, reason },
+        UkiError::Missing { section, sections } => MeasureError::MissingSection { path, uki: shown, section, sections },
+        UkiError::Refused { image: what, refusal } => PathError::NotSigned { path, image: what, refusal }.into(),
     })
 }
 
-/// Replays the boot of the UKI `uki` with what the stub finds on the ESP (`sidecars`) on `platform`.
-pub fn measure_uki(uki: &[u8], sidecars: &replay::Sidecars, platform: &Platform) -> Result<Measurements, UkiError> {
-    let replay = replay::replay(uki, sidecars, platform)?;
+/// Replays the boot of the UKI `uki` with what the stub finds on the ESP (`sidecars`) on `platform`, reached
+/// through `chain`.
+pub fn measure_uki(
+    uki: &[u8],
+    sidecars: &replay::Sidecars,
+    platform: &Platform,
+    chain: &Chain<'_>,
+) -> Result<Measurements, UkiError> {
+    let replay = replay::replay(uki, sidecars, platform, chain)?;
     let mut simulator = replay.simulator.clone();
     simulator.machine_dependent = replay.machine_dependent.clone();
-    let summary = summary(&replay, &simulator);
-    Ok(Measurements { simulator, summary, warnings: replay.warnings.clone(), replay })
+    Ok(Measurements { simulator, warnings: replay.warnings.clone(), replay })
 }
 
-/// The summary the Go tool prints (boot stages, LOAD_FILE2, UKI sections, PCRs), plus what only uplosi knows: the
-/// initrd's parts, the other PCRs the stub extended, and the stub release modelled.
-fn summary(replay: &Replay, sim: &Simulator) -> String {
+impl Measurements {
+    /// The summary the Go tool prints (boot stages, LOAD_FILE2, UKI sections, PCRs), in `bank`, plus what only
+    /// uplosi knows: the boot path, the initrd's parts, the other PCRs the stub extended, the stub release
+    /// modelled.
+    pub fn summary(&self, bank: digest::Bank) -> String {
+        summary(&self.replay, &self.simulator, bank)
+    }
+
+    /// The document verifiers read, in `format`.
+    pub fn document(&self, format: document::Format, bank: digest::Bank, phases: &[String]) -> String {
+        let source =
+            document::Source { simulator: &self.simulator, bank, phases, secure_boot: self.replay.secure_boot };
+        document::render(format, &source)
+    }
+}
+
+fn summary(replay: &Replay, sim: &Simulator, bank: digest::Bank) -> String {
     let mut out = String::from("EFI Boot Stages:\n");
     let width = replay.stages.iter().map(|s| s.0.len()).max().unwrap_or(0);
     for (i, (name, digest)) in replay.stages.iter().enumerate() {
-        let _ = writeln!(out, "  Stage {} - {name:<width$}:\t{}", i + 1, hex(digest));
+        let _ = writeln!(out, "  Stage {} - {name:<width$}:\t{}", i + 1, hex(digest.get(bank)));
     }
     let _ = writeln!(out, "Linux LOAD_FILE2 protocol:\n  cmdline: {}", pcr::go_quote(replay.cmdline.as_bytes()));
     if let Some(digest) = replay.initrd_digest {
-        let _ = writeln!(out, "  initrd (digest {})", hex(&digest));
+        let _ = writeln!(out, "  initrd (digest {})", hex(digest.get(bank)));
     }
     if replay.initrd.len() > 1 {
         let parts: Vec<String> = replay.initrd.iter().map(|p| format!("{} ({} bytes)", p.name, p.len)).collect();
@@ -206,8 +419,8 @@ fn summary(replay: &Replay, sim: &Simulator) -> String {
                 i + 1,
                 s.name,
                 s.size,
-                hex(&Sha256::digest(&name)),
-                hex(&s.digest)
+                hex(digest::Digests::of(&name).get(bank)),
+                hex(s.digest.get(bank))
             );
         } else {
             let _ = writeln!(out, "  Section {:2} - {:<width$}:\tnot measured", i + 1, s.name);
@@ -220,11 +433,13 @@ fn summary(replay: &Replay, sim: &Simulator) -> String {
             let _ = writeln!(out, "  PCR[{}] {}", e.pcr, e.description);
         }
     }
-    for index in [4, 9, 11, 12, 13, 15] {
+    for index in [4, 7, 9, 11, 12, 13, 15] {
         let note =
             if sim.machine_dependent.contains(&index) { " (depends on the machine, see the warnings)" } else { "" };
-        let _ = writeln!(out, "PCR[{index:2}]: {}{note}", hex(&sim.bank[&index]));
+        let _ = writeln!(out, "PCR[{index:2}]: {}{note}", hex(&sim.value(index, bank)));
     }
+    let _ = writeln!(out, "boot path: {} ({} bank)", replay.path, bank);
+    let _ = writeln!(out, "Secure Boot: {}", secureboot::describe(replay.secure_boot));
     let _ = writeln!(
         out,
         "systemd-stub: {} (measured as release {})",
@@ -249,7 +464,7 @@ mod tests {
     #[test]
     fn a_pe_without_uki_sections_is_refused_by_name() {
         let pe = pe::tests::tiny_pe(b"code", &[]);
-        match measure_uki(&pe, &replay::Sidecars::default(), &Platform::UNKNOWN) {
+        match measure_uki(&pe, &replay::Sidecars::default(), &Platform::UNKNOWN, &Chain::default()) {
             Err(UkiError::Missing { section, sections }) => {
                 assert_eq!(section, ".linux");
                 assert_eq!(sections, [".text"]);
@@ -258,7 +473,7 @@ mod tests {
             Ok(_) => panic!("a plain PE is not a UKI"),
         }
         assert!(matches!(
-            measure_uki(b"not a PE at all", &replay::Sidecars::default(), &Platform::UNKNOWN),
+            measure_uki(b"not a PE at all", &replay::Sidecars::default(), &Platform::UNKNOWN, &Chain::default()),
             Err(UkiError::NotPe(_))
         ));
     }

@@ -1,16 +1,17 @@
-//! A TPM PCR bank simulator with its event log, the JSON document the Go tool writes, and the boot steps that
-//! extend PCRs 4, 9 and 11 when a UKI boots (TCG PC Client Platform Firmware Profile, systemd-stub, the Linux EFI
-//! stub's LOAD_FILE2 initrd protocol).
+//! A TPM PCR simulator (every bank at once) with its event log, the JSON document the Go tool writes, and the
+//! boot steps that extend PCRs 4, 9 and 11 when a UKI boots (TCG PC Client Platform Firmware Profile,
+//! systemd-stub, the Linux EFI stub's LOAD_FILE2 initrd protocol).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use base64::Engine;
-use sha2::{Digest, Sha256};
 
+use super::digest::{Bank, Digests};
 use super::pe::Section;
 
-/// The PCRs the Go tool reports; those no boot step extends stay zero, as it expects.
-pub const REPORTED: [u32; 7] = [4, 8, 9, 11, 12, 13, 15];
+/// The PCRs reported: the Go tool's, and PCR 7 (Secure Boot policy), which the clouds attest with; those no boot
+/// step extends stay zero, as the Go tool expects.
+pub const REPORTED: [u32; 8] = [4, 7, 8, 9, 11, 12, 13, 15];
 
 /// SHA-256 of the EV_EFI_ACTION string "Calling EFI Application from Boot Option".
 const EV_EFI_ACTION: &[u8] = b"Calling EFI Application from Boot Option";
@@ -22,19 +23,19 @@ const EV_SEPARATOR: [u8; 4] = [0; 4];
 pub struct Event {
     /// The PCR.
     pub pcr: u32,
-    /// The digest extended.
-    pub digest: [u8; 32],
+    /// The digest extended, in each bank.
+    pub digest: Digests,
     /// The event data, where the digest is the hash of it.
     pub data: Option<Vec<u8>>,
     /// What it is.
     pub description: String,
 }
 
-/// The PCR bank and the events that produced it.
+/// The PCRs (every bank) and the events that produced them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Simulator {
-    /// PCR index to value.
-    pub bank: BTreeMap<u32, [u8; 32]>,
+    /// PCR index to its value in each bank.
+    pub values: BTreeMap<u32, Digests>,
     /// Every extend, in order.
     pub events: Vec<Event>,
     /// PCRs whose value depends on the machine that boots the image (written with `"warnOnly": true`).
@@ -44,7 +45,7 @@ pub struct Simulator {
 impl Default for Simulator {
     fn default() -> Self {
         Self {
-            bank: REPORTED.iter().map(|&i| (i, [0u8; 32])).collect(),
+            values: REPORTED.iter().map(|&i| (i, Digests::ZERO)).collect(),
             events: Vec::new(),
             machine_dependent: BTreeSet::new(),
         }
@@ -56,46 +57,49 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
-}
-
 impl Simulator {
-    /// PCR\[pcr\] = SHA-256(PCR\[pcr\] || digest), and the event is logged.
-    pub fn extend(&mut self, pcr: u32, digest: [u8; 32], data: Option<Vec<u8>>, description: String) {
-        let old = self.bank.entry(pcr).or_insert([0u8; 32]);
-        let mut hash = Sha256::new();
-        hash.update(*old);
-        hash.update(digest);
-        *old = hash.finalize().into();
+    /// PCR\[pcr\] = H(PCR\[pcr\] || digest) in every bank, and the event is logged.
+    pub fn extend(&mut self, pcr: u32, digest: Digests, data: Option<Vec<u8>>, description: String) {
+        self.values.entry(pcr).or_insert(Digests::ZERO).extend(&digest);
         self.events.push(Event { pcr, digest, data, description });
+    }
+
+    /// The value of `pcr` in `bank` (zero when nothing extended it).
+    pub fn value(&self, pcr: u32, bank: Bank) -> Vec<u8> {
+        self.values.get(&pcr).map_or_else(|| bank.zero(), |v| v.get(bank).to_vec())
     }
 
     /// PCR 4: the firmware's boot-option action and separator, then the Authenticode hash of each PE image it
     /// loads: the UKI, then the kernel that systemd-stub hands to LoadImage.
-    pub fn boot_stages(&mut self, stages: &[(&str, [u8; 32])]) {
-        self.extend(4, sha256(EV_EFI_ACTION), None, "EV_EFI_ACTION: Calling EFI Application from Boot Option".into());
-        self.extend(4, sha256(&EV_SEPARATOR), Some(EV_SEPARATOR.to_vec()), "EV_SEPARATOR".into());
+    pub fn boot_stages(&mut self, stages: &[(&str, Digests)]) {
+        self.extend(
+            4,
+            Digests::of(EV_EFI_ACTION),
+            None,
+            "EV_EFI_ACTION: Calling EFI Application from Boot Option".into(),
+        );
+        self.extend(4, Digests::of(&EV_SEPARATOR), Some(EV_SEPARATOR.to_vec()), "EV_SEPARATOR".into());
         for (i, (name, digest)) in stages.iter().enumerate() {
             self.extend(4, *digest, None, format!("Boot Stage {}: {name}", i + 1));
         }
     }
 
-    /// Extends `pcr` with the SHA-256 of `data`, keeping the data in the log.
+    /// Extends `pcr` with the hash of `data` (in each bank), keeping the data in the log.
     pub fn extend_data(&mut self, pcr: u32, data: Vec<u8>, description: String) {
-        self.extend(pcr, sha256(&data), Some(data), description);
+        self.extend(pcr, Digests::of(&data), Some(data), description);
     }
 
     /// PCR 9: the command line the kernel got, as UTF-16LE with its NUL, then the digest of the initrd it loaded
     /// (LOAD_FILE2), if there is one.
-    pub fn linux_load2(&mut self, cmdline: &str, initrd_digest: Option<[u8; 32]>) {
+    pub fn linux_load2(&mut self, cmdline: &str, initrd_digest: Option<Digests>) {
         let mut bytes = cmdline.as_bytes().to_vec();
         bytes.push(0);
         let utf16: Vec<u8> = cmdline.encode_utf16().chain(std::iter::once(0)).flat_map(u16::to_le_bytes).collect();
         let description = format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: cmdline {}", go_quote(&bytes));
         self.extend_data(9, utf16, description);
         if let Some(digest) = initrd_digest {
-            let description = format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: initrd (digest {})", hex(&digest));
+            let description =
+                format!("EV_EVENT_TAG: Linux LOAD_FILE2 protocol: initrd (digest {})", hex(&digest.sha256));
             self.extend(9, digest, None, description);
         }
     }
@@ -104,25 +108,31 @@ impl Simulator {
     pub fn uki_sections_measured(&mut self, measured: &[Section]) {
         for (i, section) in measured.iter().enumerate() {
             let name = nul_terminated(&section.name);
-            self.extend(11, sha256(&name), Some(name), format!("EV_IPL: UKI section {} name: {}", i + 1, section.name));
+            self.extend(
+                11,
+                Digests::of(&name),
+                Some(name),
+                format!("EV_IPL: UKI section {} name: {}", i + 1, section.name),
+            );
             self.extend(
                 11,
                 section.digest,
                 None,
-                format!("EV_IPL: UKI section {} data: {}", i + 1, hex(&section.digest)),
+                format!("EV_IPL: UKI section {} data: {}", i + 1, hex(&section.digest.sha256)),
             );
         }
     }
 
-    /// The Go tool's JSON: `{"measurements":{"4":{"expected":HEX},…},"EventLog":{"Events":[…]}}`, compact, keys
-    /// of `measurements` in Go's string order, HTML characters escaped as Go's encoder does, newline-terminated.
-    pub fn to_json(&self) -> String {
+    /// The Go tool's JSON in `bank`: `{"measurements":{"4":{"expected":HEX},…},"EventLog":{"Events":[…]}}`,
+    /// compact, keys of `measurements` in Go's string order, HTML characters escaped as Go's encoder does,
+    /// newline-terminated. `extra` members (key, JSON value) follow `EventLog`.
+    pub fn to_json(&self, bank: Bank, extra: &[(&str, String)]) -> String {
         // Written by hand: the key order must be Go's (struct fields in order, map keys sorted as strings), which
         // serde_json's map does not keep.
         let string = |s: &str| serde_json::Value::from(s).to_string();
-        let mut bank: Vec<(String, &[u8; 32])> = self.bank.iter().map(|(i, v)| (i.to_string(), v)).collect();
-        bank.sort_by(|a, b| a.0.cmp(&b.0));
-        let measurements: Vec<String> = bank
+        let mut values: Vec<(String, &[u8])> = self.values.iter().map(|(i, v)| (i.to_string(), v.get(bank))).collect();
+        values.sort_by(|a, b| a.0.cmp(&b.0));
+        let measurements: Vec<String> = values
             .iter()
             .map(|(k, v)| {
                 // Constellation's measurement format marks values an attestation should only warn about.
@@ -131,7 +141,7 @@ impl Simulator {
                 } else {
                     ""
                 };
-                format!("{}:{{\"expected\":{}{warn}}}", string(k), string(&hex(*v)))
+                format!("{}:{{\"expected\":{}{warn}}}", string(k), string(&hex(v)))
             })
             .collect();
         let events: Vec<String> = self
@@ -145,13 +155,14 @@ impl Simulator {
                 format!(
                     "{{\"PCRIndex\":{},\"Digest\":{}{data},\"Description\":{}}}",
                     e.pcr,
-                    string(&hex(&e.digest)),
+                    string(&hex(e.digest.get(bank))),
                     string(&e.description)
                 )
             })
             .collect();
+        let extra: String = extra.iter().map(|(key, value)| format!(",{}:{value}", string(key))).collect();
         let json = format!(
-            "{{\"measurements\":{{{}}},\"EventLog\":{{\"Events\":[{}]}}}}\n",
+            "{{\"measurements\":{{{}}},\"EventLog\":{{\"Events\":[{}]}}{extra}}}\n",
             measurements.join(","),
             events.join(",")
         );
@@ -224,23 +235,33 @@ mod tests {
         out
     }
 
+    fn sha256_value(sim: &Simulator, pcr: u32) -> String {
+        hex(&sim.value(pcr, Bank::Sha256))
+    }
+
     // The vectors below are the Go tool's own (measured-boot/measure/pcr04_test.go, pcr09_test.go,
     // pcr11_test.go).
 
     #[test]
     fn pcr4_matches_the_go_test_vector() {
         let mut sim = Simulator::default();
-        sim.boot_stages(&[("stage0", [0u8; 32]), ("stage1", [1u8; 32])]);
-        assert_eq!(hex(&sim.bank[&4]), "22116dee861aa6b44242ac469eab24cead344d52c77131f54ac1cac9d6a2408e");
-        assert_eq!(sim.events[0].digest, from_hex("3d6772b4f84ed47595d72a2c4c5ffd15f5bb72c7507fe26f2aaee2c69d5633ba"));
-        assert_eq!(sim.events[1].digest, from_hex("df3f619804a92fdb4057192dc43dd748ea778adc52bc498ce80524c014b81119"));
+        sim.boot_stages(&[("stage0", Digests::filled(0)), ("stage1", Digests::filled(1))]);
+        assert_eq!(sha256_value(&sim, 4), "22116dee861aa6b44242ac469eab24cead344d52c77131f54ac1cac9d6a2408e");
+        assert_eq!(
+            sim.events[0].digest.sha256,
+            from_hex("3d6772b4f84ed47595d72a2c4c5ffd15f5bb72c7507fe26f2aaee2c69d5633ba")
+        );
+        assert_eq!(
+            sim.events[1].digest.sha256,
+            from_hex("df3f619804a92fdb4057192dc43dd748ea778adc52bc498ce80524c014b81119")
+        );
     }
 
     #[test]
     fn pcr9_matches_the_go_test_vector() {
         let mut sim = Simulator::default();
-        sim.linux_load2("console=tty0", Some([0u8; 32]));
-        assert_eq!(hex(&sim.bank[&9]), "eb4f7bca865807d3163b95174d6e66cfc74acf8b930a553e95ec94662cb6facd");
+        sim.linux_load2("console=tty0", Some(Digests::filled(0)));
+        assert_eq!(sha256_value(&sim, 9), "eb4f7bca865807d3163b95174d6e66cfc74acf8b930a553e95ec94662cb6facd");
         assert_eq!(sim.events[0].description, "EV_EVENT_TAG: Linux LOAD_FILE2 protocol: cmdline \"console=tty0\\x00\"");
         let mut no_initrd = Simulator::default();
         no_initrd.linux_load2("console=tty0", None);
@@ -250,25 +271,25 @@ mod tests {
     #[test]
     fn pcr11_matches_the_go_test_vector() {
         let sections = vec![
-            Section { name: ".text".into(), size: 100, digest: [0; 32] },
-            Section { name: ".linux".into(), size: 100, digest: [0; 32] },
-            Section { name: ".initrd".into(), size: 5, digest: [1; 32] },
+            Section { name: ".text".into(), size: 100, digest: Digests::filled(0) },
+            Section { name: ".linux".into(), size: 100, digest: Digests::filled(0) },
+            Section { name: ".initrd".into(), size: 5, digest: Digests::filled(1) },
         ];
         let measured = super::super::stub::StubModel::for_release(None).pcr11_sections();
         let ordered = order_sections(sections, measured);
         assert_eq!(ordered.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), [".linux", ".initrd", ".text"]);
         let mut sim = Simulator::default();
         sim.uki_sections_measured(&ordered[..2]);
-        assert_eq!(hex(&sim.bank[&11]), "9dfe399fcd4432639f0e20f49df823aa66b095f0664f0a4b9fbdc11ea64683e2");
+        assert_eq!(sha256_value(&sim, 11), "9dfe399fcd4432639f0e20f49df823aa66b095f0664f0a4b9fbdc11ea64683e2");
     }
 
     #[test]
     fn json_has_go_key_order_and_escaping() {
         let mut sim = Simulator::default();
-        sim.extend(9, [0; 32], Some(vec![1, 2]), "a <b> & c".into());
-        let json = sim.to_json();
+        sim.extend(9, Digests::filled(0), Some(vec![1, 2]), "a <b> & c".into());
+        let json = sim.to_json(Bank::Sha256, &[]);
         assert!(json.starts_with("{\"measurements\":{\"11\":{\"expected\":\""), "{json}");
-        let order: Vec<usize> = ["\"11\"", "\"12\"", "\"13\"", "\"15\"", "\"4\"", "\"8\"", "\"9\""]
+        let order: Vec<usize> = ["\"11\"", "\"12\"", "\"13\"", "\"15\"", "\"4\"", "\"7\"", "\"8\"", "\"9\""]
             .iter()
             .map(|k| json.find(k).unwrap_or(usize::MAX))
             .collect();
@@ -280,10 +301,22 @@ mod tests {
     }
 
     #[test]
+    fn the_document_is_written_in_the_bank_asked_for_with_extra_members_last() {
+        let mut sim = Simulator::default();
+        sim.extend_data(4, b"x".to_vec(), "x".into());
+        let json = sim.to_json(Bank::Sha384, &[("pcr11Phases", "{}".into())]);
+        let parsed: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        assert_eq!(parsed["measurements"]["4"]["expected"], hex(&sim.value(4, Bank::Sha384)));
+        assert_eq!(parsed["measurements"]["4"]["expected"].as_str().map(str::len), Some(96));
+        assert_eq!(parsed["EventLog"]["Events"][0]["Digest"], hex(&Bank::Sha384.hash(b"x")));
+        assert!(json.ends_with("]},\"pcr11Phases\":{}}\n"), "{json}");
+    }
+
+    #[test]
     fn machine_dependent_pcrs_are_marked_warn_only() {
         let mut sim = Simulator::default();
         sim.machine_dependent.insert(9);
-        let json = sim.to_json();
+        let json = sim.to_json(Bank::Sha256, &[]);
         assert!(json.contains("\"9\":{\"expected\":\"0000000000000000000000000000000000000000000000000000000000000000\",\"warnOnly\":true}"), "{json}");
         assert!(
             json.contains("\"4\":{\"expected\":\"0000000000000000000000000000000000000000000000000000000000000000\"}"),

@@ -8,17 +8,17 @@
 
 use std::borrow::Cow;
 
-use sha2::{Digest, Sha256};
+use super::digest::{Digests, MultiHasher};
 
-/// One PE section: its name, its size in memory, and the SHA-256 of that many bytes as loaded.
+/// One PE section: its name, its size in memory, and the digests of that many bytes as loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Section {
     /// The name (`.linux`, …).
     pub name: String,
     /// VirtualSize: the bytes measured.
     pub size: u32,
-    /// SHA-256 of the section as loaded: the raw data, zero-filled to VirtualSize.
-    pub digest: [u8; 32],
+    /// The hashes of the section as loaded: the raw data, zero-filled to VirtualSize.
+    pub digest: Digests,
 }
 
 /// A parsed PE file.
@@ -55,18 +55,29 @@ impl<'a> PeFile<'a> {
         Ok(Self { bytes, pe })
     }
 
-    /// The Authenticode SHA-256, as firmware measures the image (see the module docs on padding).
-    pub fn authenticode_sha256(&self) -> [u8; 32] {
+    /// The Authenticode hashes (every bank), as firmware measures the image (see the module docs on padding).
+    pub fn authenticode(&self) -> Digests {
         let ranges: Vec<&[u8]> = self.pe.authenticode_ranges().collect();
         // goblin appends (8 - size % 8) zero bytes as its last range when the size is not a multiple of 8;
         // EDK2 hashes no such padding.
         let unpadded =
             if !self.bytes.len().is_multiple_of(8) { &ranges[..ranges.len().saturating_sub(1)] } else { &ranges[..] };
-        let mut hash = Sha256::new();
+        let mut hash = MultiHasher::new();
         for range in unpadded {
             hash.update(range);
         }
-        hash.finalize().into()
+        hash.finish()
+    }
+
+    /// The Authenticode signatures in the certificate table (`WIN_CERT_TYPE_PKCS_SIGNED_DATA` entries), as DER.
+    pub fn signatures(&self) -> Vec<&'a [u8]> {
+        const WIN_CERT_TYPE_PKCS_SIGNED_DATA: u16 = 0x0002;
+        self.pe
+            .certificates
+            .iter()
+            .filter(|c| c.certificate_type as u16 == WIN_CERT_TYPE_PKCS_SIGNED_DATA)
+            .map(|c| c.certificate)
+            .collect()
     }
 
     /// The section's bytes as loaded into memory: VirtualSize bytes, the raw data zero-filled past SizeOfRawData
@@ -117,12 +128,18 @@ impl<'a> PeFile<'a> {
 
     /// Every section with its digest, in file order.
     pub fn sections(&self) -> Vec<Section> {
+        self.sections_with(|_| None)
+    }
+
+    /// Every section, in file order, with the digest `known` has for its index, else hashed here.
+    pub fn sections_with(&self, known: impl Fn(usize) -> Option<Digests>) -> Vec<Section> {
         self.pe
             .sections
             .iter()
-            .map(|s| Section {
+            .enumerate()
+            .map(|(i, s)| Section {
                 size: s.virtual_size,
-                digest: Sha256::digest(self.loaded(s)).into(),
+                digest: known(i).unwrap_or_else(|| Digests::of(&self.loaded(s))),
                 name: section_name(s),
             })
             .collect()
@@ -141,6 +158,7 @@ fn section_name(section: &goblin::pe::section_table::SectionTable) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
 
     /// A minimal PE32+ image: DOS stub, PE header, optional header with 16 data directories, one `.text` section.
     pub(crate) fn tiny_pe(payload: &[u8], trailing: &[u8]) -> Vec<u8> {
@@ -192,13 +210,13 @@ pub(crate) mod tests {
     #[test]
     fn authenticode_skips_checksum_and_does_not_pad() -> Result<(), NotPe> {
         let aligned = tiny_pe(b"hello", &[]);
-        assert_eq!(PeFile::parse(&aligned)?.authenticode_sha256(), reference_hash(&aligned));
+        assert_eq!(PeFile::parse(&aligned)?.authenticode().sha256, reference_hash(&aligned));
         let mut changed = aligned.clone();
         changed[0x80 + 24 + 64] ^= 0xff;
-        assert_eq!(PeFile::parse(&changed)?.authenticode_sha256(), reference_hash(&aligned), "checksum is excluded");
+        assert_eq!(PeFile::parse(&changed)?.authenticode().sha256, reference_hash(&aligned), "checksum is excluded");
         let unaligned = tiny_pe(b"hello", b"tail");
         assert_eq!(unaligned.len() % 8, 4);
-        assert_eq!(PeFile::parse(&unaligned)?.authenticode_sha256(), reference_hash(&unaligned), "no 8-byte padding");
+        assert_eq!(PeFile::parse(&unaligned)?.authenticode().sha256, reference_hash(&unaligned), "no 8-byte padding");
         Ok(())
     }
 
@@ -210,7 +228,7 @@ pub(crate) mod tests {
         assert_eq!(sections.len(), 1);
         assert_eq!(sections[0].name, ".text");
         assert_eq!(sections[0].size, 5);
-        assert_eq!(sections[0].digest, <[u8; 32]>::from(Sha256::digest(b"hello")));
+        assert_eq!(sections[0].digest, Digests::of(b"hello"));
         assert!(PeFile::parse(b"MZ not a pe").is_err());
         Ok(())
     }

@@ -3,18 +3,20 @@
 //! 11, 12 and 13, including what the stub picks up from the ESP (credentials, system and configuration
 //! extensions, add-ons) and the cpios it generates.
 //!
-//! Assumed, as in a direct firmware boot of the UKI (what `uplosi boot-check` does, and what cloud firmware does
-//! with an image's `EFI/BOOT/BOOTX64.EFI`): Secure Boot off, no shim, no boot loader in front (so no load
-//! options reach the stub and no initrd was registered before it), no SMBIOS `io.systemd.stub.kernel-cmdline-extra`.
+//! The boot path is the firmware starting the UKI itself or through systemd-boot ([`Chain`]), with Secure Boot
+//! off or on with given keys (PCR 7, [`secureboot`](super::secureboot)). Assumed: no shim, no initrd registered
+//! before the stub, no SMBIOS `io.systemd.stub.kernel-cmdline-extra`, not a confidential VM that makes the stub
+//! drop load options.
 
 use std::collections::BTreeSet;
 
-use sha2::{Digest, Sha256};
-
 use super::cpio::{self, Target};
+use super::digest::{Digests, MultiHasher};
 use super::esp::Esp;
+use super::loader::SystemdBootModel;
 use super::pcr::{Simulator, hex};
 use super::pe::{PeFile, Section};
+use super::secureboot::{self, Refusal, SecureBootKeys};
 use super::stub::{AddonMeasurement, InitrdLayout, StubModel};
 
 /// What the machine that boots the image offers, where it changes what the stub measures. `None` is unknown:
@@ -108,11 +110,38 @@ pub fn read_sidecars(esp: &Esp, uki: &str) -> std::io::Result<Sidecars> {
     })
 }
 
+/// What runs before the UKI and how the firmware checks what it loads.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Chain<'a> {
+    /// systemd-boot in front of the UKI, if the firmware starts it first.
+    pub loader: Option<Loader<'a>>,
+    /// The Secure Boot variables, if Secure Boot is on.
+    pub keys: Option<&'a SecureBootKeys>,
+}
+
+/// systemd-boot as it sits on the boot path.
+#[derive(Clone, Copy, Debug)]
+pub struct Loader<'a> {
+    /// Its PE image.
+    pub image: &'a [u8],
+    /// Its version text, for descriptions.
+    pub version: &'a str,
+    /// What its release measures.
+    pub model: SystemdBootModel,
+}
+
 /// Why a UKI cannot be replayed.
 #[derive(Debug)]
 pub enum UkiError {
     /// Not a PE image.
     NotPe(String),
+    /// With Secure Boot on, the firmware would refuse to start an image on the path.
+    Refused {
+        /// Which image (`systemd-boot`, `the UKI`).
+        image: String,
+        /// Why.
+        refusal: Refusal,
+    },
     /// A required section is missing.
     Missing {
         /// Which.
@@ -141,14 +170,18 @@ pub struct Replay {
     pub model: StubModel,
     /// The UKI's PE machine type.
     pub machine: Option<u16>,
+    /// The boot path, in words (`firmware → systemd-boot 257.13 → UKI`).
+    pub path: String,
+    /// Whether Secure Boot was on.
+    pub secure_boot: bool,
     /// PE images loaded through the firmware (measured into PCR 4), with their Authenticode hashes.
-    pub stages: Vec<(String, [u8; 32])>,
+    pub stages: Vec<(String, Digests)>,
     /// The command line the kernel gets.
     pub cmdline: String,
     /// The parts of the initrd, in order.
     pub initrd: Vec<InitrdPart>,
-    /// SHA-256 of the initrd the kernel measures.
-    pub initrd_digest: Option<[u8; 32]>,
+    /// The hashes of the initrd the kernel measures.
+    pub initrd_digest: Option<Digests>,
     /// The UKI's sections, for the summary (measured ones in the stub's order first).
     pub sections: Vec<Section>,
     /// The PCR 11 section list of the model.
@@ -208,6 +241,11 @@ impl<'a> Found<'a> {
         self.index.iter().find(|(n, _)| *n == name).map(|&(_, i)| self.pe.loaded_at(i))
     }
 
+    /// The section table index `name` was found at.
+    fn position(&self, name: &str) -> Option<usize> {
+        self.index.iter().find(|(n, _)| *n == name).map(|&(_, i)| i)
+    }
+
     fn has(&self, name: &str) -> bool {
         self.index.iter().any(|(n, _)| *n == name)
     }
@@ -218,10 +256,6 @@ fn lookup_names(model: &StubModel) -> Vec<&'static str> {
     let mut names = model.pcr11_sections().to_vec();
     names.push(".pcrsig");
     names
-}
-
-fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
 }
 
 /// `xstrn8_to_16()` then `mangle_stub_cmdline()`: up to the first NUL, control characters become spaces,
@@ -249,7 +283,9 @@ fn pad4(len: usize) -> usize {
 struct Addon {
     /// Where it is, for descriptions (`loader/addons/x.addon.efi`).
     label: String,
-    authenticode: [u8; 32],
+    authenticode: Digests,
+    /// The db entry that verified it (Secure Boot on).
+    authority: Option<super::esl::SignatureData>,
     cmdline: Option<String>,
     initrd: Option<Vec<u8>>,
     ucode: Option<Vec<u8>>,
@@ -262,6 +298,7 @@ fn load_addons(
     dir: &str,
     model: &StubModel,
     uname: Option<&[u8]>,
+    keys: Option<&SecureBootKeys>,
     warnings: &mut Vec<String>,
 ) -> Vec<Addon> {
     let mut files: Vec<&SidecarFile> = files.iter().filter(|f| ends_with_no_case(&f.name, ".addon.efi")).collect();
@@ -274,9 +311,18 @@ fn load_addons(
             warnings.push(format!("{label} is not a PE image: the firmware refuses to load it, so it is ignored"));
             continue;
         };
+        // With Secure Boot on, LoadImage() refuses an add-on db does not verify: it is neither measured nor used.
+        let authority = match keys.map(|k| secureboot::verify(&pe, k)) {
+            Some(Err(refusal)) => {
+                warnings.push(format!("{label} would not load with Secure Boot on ({refusal}), so it is ignored"));
+                continue;
+            }
+            Some(Ok(entry)) => Some(entry),
+            None => None,
+        };
         let found = Found::locate(&pe, model, &names);
         let mut addon =
-            Addon { label, authenticode: pe.authenticode_sha256(), cmdline: None, initrd: None, ucode: None };
+            Addon { label, authenticode: pe.authenticode(), authority, cmdline: None, initrd: None, ucode: None };
         // An add-on must not be a UKI, and a .uname, where both have one, must match the UKI's.
         let is_uki = found.has(".linux");
         let uname_mismatch = match (uname, found.get(".uname")) {
@@ -312,8 +358,8 @@ struct Sidecar {
     archive: Vec<u8>,
 }
 
-/// Replays the boot of `uki` with `sidecars` on `platform`.
-pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Replay, UkiError> {
+/// Replays the boot of `uki` with `sidecars` on `platform`, reached through `chain`.
+pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform, chain: &Chain<'_>) -> Result<Replay, UkiError> {
     let file = PeFile::parse(uki).map_err(|e| UkiError::NotPe(e.0))?;
     let stub_version = file.section_data(".sdmagic").and_then(|magic| super::stub::version_text(&magic));
     let release = file.section_data(".sdmagic").and_then(|magic| super::stub::release_of(&magic));
@@ -360,11 +406,39 @@ pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Re
     let mut sim = Simulator::default();
     let mut machine_dependent = BTreeSet::new();
 
+    // PCR 7: the Secure Boot policy, then (Secure Boot on) the db entry that verified each image as the firmware
+    // loads it: systemd-boot, the UKI, its add-ons. The kernel is not verified: the stub (252+) starts it past the
+    // firmware's checks, so it is not measured into PCR 4 either.
+    // PCR 7's events go last in the log (it is ordered by PCR as the Go tool's was, 4, 9, 11, 12, 13 first).
+    let mut policy = Simulator::default();
+    secureboot::measure_policy(&mut policy, chain.keys);
+    let mut authorities = Vec::new();
+    let loader_pe = match chain.loader {
+        Some(loader) => {
+            Some(PeFile::parse(loader.image).map_err(|e| UkiError::NotPe(format!("systemd-boot: {}", e.0)))?)
+        }
+        None => None,
+    };
+    if let Some(keys) = chain.keys {
+        if let (Some(pe), Some(loader)) = (&loader_pe, chain.loader) {
+            let entry = secureboot::verify(pe, keys)
+                .map_err(|refusal| UkiError::Refused { image: format!("systemd-boot {}", loader.version), refusal })?;
+            secureboot::measure_authority(&mut policy, &entry, &mut authorities);
+        }
+        let entry = secureboot::verify(&file, keys)
+            .map_err(|refusal| UkiError::Refused { image: "the UKI".to_string(), refusal })?;
+        secureboot::measure_authority(&mut policy, &entry, &mut authorities);
+    }
+
     // PCR 11: the stub measures its sections first of all, name then content.
+    // Each section is hashed once: the summary's table reuses these digests (section table index to digests).
     let mut measured_sections = Vec::new();
+    let mut digests: std::collections::BTreeMap<usize, Digests> = std::collections::BTreeMap::new();
     for name in measured {
-        if let Some(data) = found.get(name) {
-            measured_sections.push(Section { name: name.to_string(), size: data.len() as u32, digest: sha256(&data) });
+        if let (Some(data), Some(index)) = (found.get(name), found.position(name)) {
+            let digest = Digests::of(&data);
+            digests.insert(index, digest);
+            measured_sections.push(Section { name: name.to_string(), size: data.len() as u32, digest });
         }
     }
 
@@ -374,25 +448,50 @@ pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Re
         (Vec::new(), Vec::new())
     } else {
         (
-            load_addons(&sidecars.loader_addons, "loader/addons", &model, uname.as_deref(), &mut warnings),
-            load_addons(&sidecars.extra_d, "<UKI>.extra.d", &model, uname.as_deref(), &mut warnings),
+            load_addons(&sidecars.loader_addons, "loader/addons", &model, uname.as_deref(), chain.keys, &mut warnings),
+            load_addons(&sidecars.extra_d, "<UKI>.extra.d", &model, uname.as_deref(), chain.keys, &mut warnings),
         )
     };
 
-    // PCR 4: the firmware's boot-option action and separator, the UKI, the add-ons, and the kernel where the stub
-    // starts it through LoadImage().
-    let mut stages = vec![("Unified Kernel Image (UKI)".to_string(), file.authenticode_sha256())];
+    for addon in global_addons.iter().chain(&local_addons) {
+        if let Some(entry) = &addon.authority {
+            secureboot::measure_authority(&mut policy, entry, &mut authorities);
+        }
+    }
+
+    // PCR 4: the firmware's boot-option action and separator, systemd-boot, the UKI, the add-ons, and the kernel
+    // where the stub starts it through the firmware's LoadImage() (up to 257, and only with Secure Boot off).
+    let mut stages = Vec::new();
+    if let (Some(pe), Some(loader)) = (&loader_pe, chain.loader) {
+        stages.push((format!("systemd-boot {}", loader.version), pe.authenticode()));
+    }
+    stages.push(("Unified Kernel Image (UKI)".to_string(), file.authenticode()));
     for addon in global_addons.iter().chain(&local_addons) {
         stages.push((format!("PE add-on {}", addon.label), addon.authenticode));
     }
-    if model.kernel_through_load_image() {
-        stages.push(("Linux".to_string(), kernel.authenticode_sha256()));
+    if model.kernel_through_load_image() && chain.keys.is_none() {
+        stages.push(("Linux".to_string(), kernel.authenticode()));
     }
     // Events of PCRs 12 and 13 follow those of 4, 9 and 11 in the log, as the Go tool orders its log by PCR.
     let mut later = Simulator::default();
 
-    // The command line: the UKI's, then the add-ons' (measured into PCR 12), then detected consoles (261+).
+    // The command line: the UKI's (or what systemd-boot up to 254 passes, the same mangled text, which the stub
+    // takes with Secure Boot off), then the add-ons' (measured into PCR 12), then detected consoles (261+).
+    let uki_cmdline = found.get(".cmdline").filter(|c| !c.is_empty());
     let mut cmdline = stub_cmdline(&found.get(".cmdline").unwrap_or_default());
+    if let (Some(loader), Some(raw)) = (chain.loader, &uki_cmdline)
+        && loader.model.passes_uki_cmdline()
+    {
+        let options = stub_cmdline(raw);
+        let quoted = super::pcr::go_quote(options.as_bytes());
+        // systemd-boot measures what it passes; the stub measures it again when it takes it (Secure Boot off, or
+        // no .cmdline; and the first character must be printable).
+        later.extend_data(12, utf16z(&options), format!("EV_IPL: systemd-boot load options {quoted}"));
+        if chain.keys.is_none() && options.chars().next().is_some_and(|c| c as u32 > 0x1f) {
+            later.extend_data(12, utf16z(&options), format!("EV_IPL: systemd-stub load options {quoted}"));
+            cmdline = options;
+        }
+    }
     let join = |base: &str, extra: &str| if base.is_empty() { extra.to_string() } else { format!("{base} {extra}") };
     // 254 measures each directory's add-on command lines on their own, 255+ all of them together.
     let groups: Vec<Vec<&Addon>> = match model.addon_measurement() {
@@ -466,8 +565,13 @@ pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Re
         );
     }
     for sidecar in &generated {
-        let digest = sha256(&sidecar.archive);
-        later.extend(sidecar.pcr, digest, None, format!("EV_IPL: {} (digest {})", sidecar.description, hex(&digest)));
+        let digest = Digests::of(&sidecar.archive);
+        later.extend(
+            sidecar.pcr,
+            digest,
+            None,
+            format!("EV_IPL: {} (digest {})", sidecar.description, hex(&digest.sha256)),
+        );
     }
     if model.confext_before_sysext() {
         // 256 stores them in each other's slot, so the initrd has confexts first.
@@ -483,12 +587,12 @@ pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Re
     let ucode_addons: Vec<&Addon> = addons.iter().rev().copied().filter(|a| a.ucode.is_some()).collect();
     for addon in &ucode_addons {
         let data = addon.ucode.as_deref().unwrap_or_default();
-        later.extend(12, sha256(data), None, format!("EV_EVENT_TAG: microcode add-on {}", addon.label));
+        later.extend(12, Digests::of(data), None, format!("EV_EVENT_TAG: microcode add-on {}", addon.label));
     }
     let initrd_addons: Vec<&Addon> = addons.iter().copied().filter(|a| a.initrd.is_some()).collect();
     for addon in &initrd_addons {
         let data = addon.initrd.as_deref().unwrap_or_default();
-        later.extend(12, sha256(data), None, format!("EV_EVENT_TAG: initrd add-on {}", addon.label));
+        later.extend(12, Digests::of(data), None, format!("EV_EVENT_TAG: initrd add-on {}", addon.label));
     }
 
     // The boot secret (261+): per machine, unpredictable, unless the ESP keeps it off.
@@ -547,7 +651,7 @@ pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Re
         ));
     }
 
-    let mut hash = Sha256::new();
+    let mut hash = MultiHasher::new();
     let mut total = 0usize;
     let single = parts.len() == 1;
     let only_initrd = parts.iter().all(|(n, _)| n == ".initrd");
@@ -565,23 +669,28 @@ pub fn replay(uki: &[u8], sidecars: &Sidecars, platform: &Platform) -> Result<Re
             total += padding;
         }
     }
-    let initrd_digest: Option<[u8; 32]> = (total > 0).then(|| hash.finalize().into());
+    let initrd_digest: Option<Digests> = (total > 0).then(|| hash.finish());
 
-    let stage_refs: Vec<(&str, [u8; 32])> = stages.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    let stage_refs: Vec<(&str, Digests)> = stages.iter().map(|(n, d)| (n.as_str(), *d)).collect();
     sim.boot_stages(&stage_refs);
     // PCR 9: the Linux EFI stub measures the command line it got and the initrd it loaded.
     sim.linux_load2(&cmdline, initrd_digest);
     sim.uki_sections_measured(&measured_sections);
-    for event in later.events {
+    for event in later.events.into_iter().chain(policy.events) {
         sim.extend(event.pcr, event.digest, event.data, event.description);
     }
 
-    let sections = super::pcr::order_sections(file.sections(), measured);
+    let sections = super::pcr::order_sections(file.sections_with(|index| digests.get(&index).copied()), measured);
     Ok(Replay {
         simulator: sim,
         stub_version,
         model,
         machine: Some(file.machine()),
+        path: match chain.loader {
+            Some(loader) => format!("firmware → systemd-boot {} → UKI", loader.version),
+            None => "firmware → UKI".to_string(),
+        },
+        secure_boot: chain.keys.is_some(),
         stages,
         cmdline,
         initrd: parts.iter().map(|(name, data)| InitrdPart { name: name.clone(), len: data.len() }).collect(),

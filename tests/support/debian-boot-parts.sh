@@ -1,6 +1,7 @@
 #!/bin/sh
 # Fetches, once, the Debian parts the boot-check tests build their images from, into OUT (the test cache):
-# systemd-boot-efi's stub from bookworm (252), bookworm-backports (254), trixie (257) and sid (the newest),
+# systemd-boot-efi's stub and systemd-boot from bookworm (252), bookworm-backports (254), trixie (257) and sid (the
+# newest),
 # busybox-static and the kernel of linux-image-amd64 from bookworm.
 #
 # apt-get download runs through a private apt directory whose sources list names those suites, so the system's
@@ -9,6 +10,7 @@
 #
 # Usage: debian-boot-parts.sh OUT
 #   OUT/stubs/VERSION/linuxx64.efi.stub   one per suite, VERSION as Debian spells it (252.39-1~deb12u2)
+#   OUT/stubs/VERSION/systemd-bootx64.efi systemd-boot of the same release
 #   OUT/vmlinuz                           the kernel
 #   OUT/busybox                           a static busybox
 set -eu
@@ -41,7 +43,8 @@ for dir in "$work"/x/systemd-boot-efi_*; do
     version=${dir##*/systemd-boot-efi_}
     version=${version%_amd64}
     mkdir -p "$work/out/stubs/$version"
-    cp "$dir/usr/lib/systemd/boot/efi/linuxx64.efi.stub" "$work/out/stubs/$version/"
+    cp "$dir/usr/lib/systemd/boot/efi/linuxx64.efi.stub" "$dir/usr/lib/systemd/boot/efi/systemd-bootx64.efi" \
+        "$work/out/stubs/$version/"
 done
 cp "$work"/x/linux-image-*/boot/vmlinuz-* "$work/out/vmlinuz"
 cp "$work"/x/busybox-static_*/bin/busybox "$work/out/busybox"

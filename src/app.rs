@@ -179,13 +179,17 @@ fn upload(args: &UploadArgs) -> Result<(), AppError> {
         return Ok(());
     }
 
-    let measured = configured_measurements(&variants, &image, boot_check.is_some())?;
+    let measured = configured_measurements(&variants, &image, boot_check.is_some())?.map(std::sync::Arc::new);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(AppError::Runtime)?;
     let cancel = Cancel::on_signals();
     let options = RunOptions {
         jobs: args.jobs.map_or(variants.len(), |j| j as usize).max(1),
         fail_fast: args.fail_fast,
-        upload: UploadOptions { concurrency: args.concurrency as usize, cancel: cancel.clone() },
+        upload: UploadOptions {
+            concurrency: args.concurrency as usize,
+            cancel: cancel.clone(),
+            measurements: measured.clone(),
+        },
     };
     let checked = runtime.block_on(release::check(&variants, &options))?;
     // The boot check runs here, after the checks and before the first byte moves, on this (long-lived) thread: its
@@ -481,7 +485,10 @@ fn configured_measurements(
             )));
         }
     }
-    if files.is_empty() && !boot_check {
+    // An OCI variant that asks for its measurements to be attached gets them computed.
+    let attach =
+        variants.iter().any(|v| v.provider == crate::config::Provider::Oci && v.oci.attach_measurements == Some(true));
+    if files.is_empty() && !boot_check && !attach {
         return Ok(None);
     }
     let measured =

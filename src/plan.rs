@@ -225,6 +225,52 @@ pub fn steps(cfg: &VariantConfig, image: &Path) -> Vec<String> {
             });
             s.push("print the absolute path".to_string());
         }
+        Provider::Oci => {
+            let o = &cfg.oci;
+            s.push(format!(
+                "log in to the registry of {} with the credentials of oras/skopeo/podman/docker",
+                o.repository
+            ));
+            s.push(if o.replace {
+                format!("move existing tags {} to the new artifact (replace = true)", o.tags.join(", "))
+            } else {
+                format!("stop if a tag of {} exists (replace = false)", o.tags.join(", "))
+            });
+            let compression =
+                if o.format == "qcow2.tar.xz" { ", as the only member of a tar, xz on every core" } else { "" };
+            s.push(format!(
+                "convert {image} to {}{compression} and stream it into one blob upload (chunked PATCH), unless the \
+                 repository{} has the blob",
+                if o.format == "raw" { "raw" } else { "qcow2" },
+                o.mount_from.as_deref().map(|m| format!(" or {m}")).unwrap_or_default()
+            ));
+            s.push(format!(
+                "push the manifest (artifactType {}, layer titled \"{}\") and tag it {}",
+                o.artifact_type,
+                o.file_name,
+                o.tags.join(", ")
+            ));
+            if o.attach_measurements != Some(false) {
+                s.push("attach the measurements as a referrer, when they are computed".to_string());
+            }
+            s.push("print REPOSITORY@sha256:DIGEST".to_string());
+        }
+        Provider::Libvirt => {
+            let l = &cfg.libvirt;
+            s.push(format!("connect to {} and find storage pool \"{}\"", l.uri, l.pool));
+            s.push(if l.replace {
+                format!("delete an existing volume \"{}\" (replace = true)", l.volume_name)
+            } else {
+                format!("stop if volume \"{}\" exists (replace = false)", l.volume_name)
+            });
+            let capacity = if l.capacity.is_empty() { "the image's size".to_string() } else { l.capacity.clone() };
+            s.push(format!(
+                "create volume \"{}\" ({}, capacity {capacity}) and upload {image} into it through a sparse stream \
+                 (zero runs as holes)",
+                l.volume_name, l.format
+            ));
+            s.push("refresh the pool, check the volume's format and capacity, print its path".to_string());
+        }
     }
     s
 }
@@ -248,6 +294,8 @@ pub fn render_text(plan: &Plan<'_>) -> String {
             Provider::Gcp => serde_json::to_value(&c.gcp),
             Provider::OpenStack => serde_json::to_value(&c.openstack),
             Provider::File => serde_json::to_value(&c.file),
+            Provider::Oci => serde_json::to_value(&c.oci),
+            Provider::Libvirt => serde_json::to_value(&c.libvirt),
         };
         if let Ok(serde_json::Value::Object(map)) = section {
             for (key, value) in map {

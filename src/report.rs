@@ -81,6 +81,9 @@ pub struct VariantReport {
     /// Why it failed or was skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// More about the references (an OCI artifact's repository, digest and tags; a libvirt volume's key and pool).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
     /// What the cloud's TPM reports for the image (`{"bank", "pcrs"}`), when measurements were computed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attestation: Option<serde_json::Value>,
@@ -102,6 +105,7 @@ impl VariantReport {
             references: refs.iter().map(|r| r.value.clone()).collect(),
             regions: refs.iter().filter_map(|r| Some((r.region.clone()?, r.value.clone()))).collect(),
             error,
+            details: refs.iter().find_map(|r| r.details.clone()),
             attestation: None,
         }
     }
@@ -189,8 +193,16 @@ mod tests {
     #[test]
     fn the_manifest_keeps_the_old_references_shape_and_round_trips() {
         let refs = [
-            Reference { region: Some("eu-west-1".into()), value: "arn:aws:ec2:eu-west-1:1:image/ami-1".into() },
-            Reference { region: Some("us-east-2".into()), value: "arn:aws:ec2:us-east-2:1:image/ami-2".into() },
+            Reference {
+                region: Some("eu-west-1".into()),
+                value: "arn:aws:ec2:eu-west-1:1:image/ami-1".into(),
+                details: None,
+            },
+            Reference {
+                region: Some("us-east-2".into()),
+                value: "arn:aws:ec2:us-east-2:1:image/ami-2".into(),
+                details: None,
+            },
         ];
         let manifest = Manifest::new(
             "1.2.3".into(),

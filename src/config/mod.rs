@@ -8,6 +8,7 @@ pub mod certificate;
 pub mod load;
 pub mod model;
 pub mod names;
+pub mod registry;
 pub mod schema;
 pub mod template;
 pub mod validate;
@@ -19,7 +20,9 @@ use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 pub use load::{Origin, Problem, Setting, Settings, Value};
-pub use model::{AwsConfig, AzureConfig, FileConfig, GcpConfig, OpenStackConfig, Provider, VariantConfig};
+pub use model::{
+    AwsConfig, AzureConfig, FileConfig, GcpConfig, LibvirtConfig, OciConfig, OpenStackConfig, Provider, VariantConfig,
+};
 
 /// Everything that can go wrong between reading uplosi.conf and having validated variants.
 #[derive(Debug, Error)]

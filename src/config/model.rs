@@ -26,6 +26,10 @@ pub enum Provider {
     OpenStack,
     /// A local file (libvirt export).
     File,
+    /// An OCI registry, as oras pushes artifacts.
+    Oci,
+    /// A libvirt storage pool volume.
+    Libvirt,
 }
 
 impl Provider {
@@ -37,6 +41,8 @@ impl Provider {
             "gcp" => Provider::Gcp,
             "openstack" => Provider::OpenStack,
             "file" => Provider::File,
+            "oci" => Provider::Oci,
+            "libvirt" => Provider::Libvirt,
             _ => return None,
         })
     }
@@ -49,6 +55,8 @@ impl Provider {
             Provider::Gcp => "gcp",
             Provider::OpenStack => "openstack",
             Provider::File => "file",
+            Provider::Oci => "oci",
+            Provider::Libvirt => "libvirt",
         }
     }
 }
@@ -262,6 +270,50 @@ impl FileConfig {
     }
 }
 
+/// `[….oci]`, rendered.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct OciConfig {
+    /// `registry/name`, e.g. `ghcr.io/org/podvm-amd64` (no tag).
+    pub repository: String,
+    /// The tags pushed, rendered.
+    pub tags: Vec<String>,
+    /// The tag templates as written, for `delete` and `prune` to read versions back.
+    #[serde(skip)]
+    pub tag_templates: Vec<String>,
+    /// `qcow2`, `raw` or `qcow2.tar.xz`.
+    pub format: String,
+    /// The `org.opencontainers.image.title` of the layer.
+    pub file_name: String,
+    pub artifact_type: String,
+    pub annotations: BTreeMap<String, String>,
+    #[serde(rename = "plainHTTP")]
+    pub plain_http: bool,
+    /// `None`: attach when measurements are computed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attach_measurements: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mount_from: Option<String>,
+    pub replace: bool,
+}
+
+/// `[….libvirt]`, rendered.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[allow(missing_docs)]
+pub struct LibvirtConfig {
+    /// The connection URI (`LIBVIRT_DEFAULT_URI`, else `qemu:///system`, when not set).
+    pub uri: String,
+    pub pool: String,
+    pub volume_name: String,
+    /// `qcow2` or `raw`.
+    pub format: String,
+    /// The volume's capacity as written (`20G`, bytes); empty: the image's virtual size.
+    pub capacity: String,
+    pub replace: bool,
+}
+
 /// One variant, ready to upload.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -299,6 +351,10 @@ pub struct VariantConfig {
     pub openstack: OpenStackConfig,
     /// Local file settings.
     pub file: FileConfig,
+    /// OCI registry settings.
+    pub oci: OciConfig,
+    /// libvirt settings.
+    pub libvirt: LibvirtConfig,
     /// Where each explicitly written key came from, for error messages.
     #[serde(skip)]
     pub origins: BTreeMap<(Section, &'static str), Origin>,
@@ -402,6 +458,30 @@ impl Resolver<'_> {
             _ => BTreeMap::new(),
         }
     }
+
+    /// Renders `text`, a template of `key` in `section`, noting a broken template as a problem.
+    fn render(&mut self, section: Section, key: &str, text: &str) -> String {
+        match template::render(text, &self.data) {
+            Ok(rendered) => rendered,
+            Err(e) => {
+                let origin = section.spec(key).and_then(|spec| self.settings.get(&(section, spec.name)));
+                let origin = origin.map(|s| s.origin.clone());
+                let label = format!("{}.{key}", section.table_name());
+                self.problems.push(Problem { origin, message: format!("template in `{label}`: {e}") });
+                text.to_string()
+            }
+        }
+    }
+
+    /// A list whose items are templates, rendered.
+    fn rendered_list(&mut self, section: Section, key: &str) -> Vec<String> {
+        self.list(section, key).iter().map(|item| self.render(section, key, item)).collect()
+    }
+
+    /// A table whose values are templates, rendered.
+    fn rendered_map(&mut self, section: Section, key: &str) -> BTreeMap<String, String> {
+        self.map(section, key).into_iter().map(|(k, v)| (k, self.render(section, key, &v))).collect()
+    }
 }
 
 /// Resolves one variant from its merged settings. `dir` is the config directory that relative version files are
@@ -425,7 +505,7 @@ pub fn resolve(
             problems.push(Problem {
                 origin: declared_at.cloned(),
                 message: format!(
-                    "{} has no provider: set `provider` to \"aws\", \"azure\", \"gcp\", \"openstack\" or \"file\" in {table} or [base]",
+                    "{} has no provider: set `provider` to \"aws\", \"azure\", \"gcp\", \"openstack\", \"oci\", \"libvirt\" or \"file\" in {table} or [base]",
                     variant.map(|v| format!("variant `{v}`")).unwrap_or_else(|| "[base]".into())
                 ),
             });
@@ -434,13 +514,13 @@ pub fn resolve(
         Some(p) => match Provider::parse(&p) {
             Some(p) => Some(p),
             None => {
-                let hint = super::schema::suggest(&p, ["aws", "azure", "gcp", "openstack", "file"])
+                let hint = super::schema::suggest(&p, ["aws", "azure", "gcp", "openstack", "oci", "libvirt", "file"])
                     .map(|s| format!(" (did you mean \"{s}\"?)"))
                     .unwrap_or_default();
                 problems.push(Problem {
                     origin: at("provider"),
                     message: format!(
-                        "unknown provider \"{p}\"{hint}: use \"aws\", \"azure\", \"gcp\", \"openstack\" or \"file\""
+                        "unknown provider \"{p}\"{hint}: use \"aws\", \"azure\", \"gcp\", \"openstack\", \"oci\", \"libvirt\" or \"file\""
                     ),
                 });
                 None
@@ -597,12 +677,55 @@ pub fn resolve(
         replace: r.bool(File, "replace"),
         mode: r.string(File, "mode"),
     };
+    let oci_format = r.string(Oci, "format");
+    let oci_file_name = r.opt_string(Oci, "fileName").filter(|f| !f.is_empty()).unwrap_or_else(|| {
+        let extension = if oci_format.is_empty() { "qcow2" } else { oci_format.as_str() };
+        format!("{}-{}.{extension}", name, version_text.as_deref().unwrap_or(""))
+    });
+    let oci = OciConfig {
+        repository: r.string(Oci, "repository"),
+        tags: r.rendered_list(Oci, "tags"),
+        tag_templates: r.list(Oci, "tags"),
+        format: oci_format,
+        file_name: oci_file_name,
+        artifact_type: r.string(Oci, "artifactType"),
+        annotations: r.rendered_map(Oci, "annotations"),
+        plain_http: r.bool(Oci, "plainHTTP"),
+        attach_measurements: match r.value(Oci, "attachMeasurements") {
+            Some(Value::Bool(b)) => Some(b),
+            _ => None,
+        },
+        mount_from: r.opt_string(Oci, "mountFrom").filter(|m| !m.is_empty()),
+        replace: r.bool(Oci, "replace"),
+    };
+    let libvirt = LibvirtConfig {
+        uri: r
+            .opt_string(Libvirt, "uri")
+            .filter(|u| !u.is_empty())
+            .or_else(|| std::env::var("LIBVIRT_DEFAULT_URI").ok().filter(|u| !u.is_empty()))
+            .unwrap_or_else(|| "qemu:///system".to_string()),
+        pool: r.string(Libvirt, "pool"),
+        volume_name: r.string(Libvirt, "volumeName"),
+        format: r.string(Libvirt, "format"),
+        capacity: r.string(Libvirt, "capacity"),
+        replace: r.bool(Libvirt, "replace"),
+    };
     problems.append(&mut r.problems);
     let mut templates = BTreeMap::new();
     for section in [Common].into_iter().chain(Section::PROVIDERS) {
         for spec in section.keys().iter().filter(|k| k.template) {
-            if let Some(Value::String(text)) = r.value(section, spec.name) {
-                templates.insert((section, spec.name), text);
+            match r.value(section, spec.name) {
+                Some(Value::String(text)) => {
+                    templates.insert((section, spec.name), text);
+                }
+                // A list of name templates (the OCI tags): the one that names versions, for delete and prune.
+                Some(Value::StringList(items)) => {
+                    let versioned = items.iter().find(|t| super::names::NamePattern::new(t, &name).is_some());
+                    if let Some(text) = versioned.or(items.first()) {
+                        templates.insert((section, spec.name), text.clone());
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -626,6 +749,8 @@ pub fn resolve(
                 gcp,
                 openstack,
                 file,
+                oci,
+                libvirt,
                 origins: settings.iter().map(|(k, s)| (*k, s.origin.clone())).collect(),
                 templates,
                 config_dir: dir.to_path_buf(),

@@ -71,11 +71,16 @@ pub enum Section {
     OpenStack,
     /// `[….file]`
     File,
+    /// `[….oci]`
+    Oci,
+    /// `[….libvirt]`
+    Libvirt,
 }
 
 impl Section {
     /// The provider sections, in the order they appear in output.
-    pub const PROVIDERS: [Section; 5] = [Section::Aws, Section::Azure, Section::Gcp, Section::OpenStack, Section::File];
+    pub const PROVIDERS: [Section; 7] =
+        [Section::Aws, Section::Azure, Section::Gcp, Section::OpenStack, Section::File, Section::Oci, Section::Libvirt];
 
     /// The sub-table name (`aws`, …), empty for [`Section::Common`].
     pub fn table_name(self) -> &'static str {
@@ -86,6 +91,8 @@ impl Section {
             Section::Gcp => "gcp",
             Section::OpenStack => "openstack",
             Section::File => "file",
+            Section::Oci => "oci",
+            Section::Libvirt => "libvirt",
         }
     }
 
@@ -103,6 +110,8 @@ impl Section {
             Section::Gcp => GCP_KEYS,
             Section::OpenStack => OPENSTACK_KEYS,
             Section::File => FILE_KEYS,
+            Section::Oci => OCI_KEYS,
+            Section::Libvirt => LIBVIRT_KEYS,
         }
     }
 
@@ -228,6 +237,30 @@ pub const FILE_KEYS: &[KeySpec] = &[
     with_default("mode", Kind::String, "\"0644\""),
 ];
 
+/// Keys of `[….oci]`: an OCI registry, the artifact laid out as `oras push` lays it out.
+pub const OCI_KEYS: &[KeySpec] = &[
+    tmpl("repository", None),
+    KeySpec { name: "tags", kind: Kind::StringList, template: true, default: Some("[\"{{.Version}}\"]") },
+    with_default("format", Kind::String, "\"qcow2\""),
+    tmpl("fileName", None),
+    with_default("artifactType", Kind::String, "\"application/vnd.unknown.artifact.v1\""),
+    KeySpec { name: "annotations", kind: Kind::StringMap, template: true, default: Some("{}") },
+    with_default("plainHTTP", Kind::Bool, "false"),
+    key("attachMeasurements", Kind::Bool),
+    tmpl("mountFrom", None),
+    with_default("replace", Kind::Bool, "true"),
+];
+
+/// Keys of `[….libvirt]`: a volume in a libvirt storage pool.
+pub const LIBVIRT_KEYS: &[KeySpec] = &[
+    key("uri", Kind::String),
+    with_default("pool", Kind::String, "\"default\""),
+    tmpl("volumeName", Some("\"{{.Name}}-{{.Version}}.qcow2\"")),
+    with_default("format", Kind::String, "\"qcow2\""),
+    key("capacity", Kind::String),
+    with_default("replace", Kind::Bool, "true"),
+];
+
 /// The closest known name to `unknown`, if one is close enough to be a likely typo.
 pub fn suggest<'a>(unknown: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lower = unknown.to_ascii_lowercase();
@@ -262,8 +295,7 @@ mod tests {
 
     #[test]
     fn every_default_is_valid_toml_of_its_kind() {
-        for section in [Section::Common, Section::Aws, Section::Azure, Section::Gcp, Section::OpenStack, Section::File]
-        {
+        for section in [Section::Common].into_iter().chain(Section::PROVIDERS) {
             for spec in section.keys() {
                 if let Some(default) = spec.default {
                     let doc = format!("v = {default}");

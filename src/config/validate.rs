@@ -16,6 +16,8 @@ pub fn validate(cfg: &VariantConfig) -> Vec<Problem> {
         Provider::Gcp => v.gcp(),
         Provider::OpenStack => v.openstack(),
         Provider::File => v.file(),
+        Provider::Oci => v.oci(),
+        Provider::Libvirt => v.libvirt(),
     }
     v.problems
 }
@@ -593,6 +595,92 @@ impl Checker<'_> {
 }
 
 impl Checker<'_> {
+    fn oci(&mut self) {
+        use super::registry::{Repository, valid_media_type, valid_tag};
+        let o = &self.cfg.oci;
+        use Section::Oci;
+        self.required(Oci, "repository", Some(o.repository.as_str()));
+        let repository = if o.repository.is_empty() {
+            None
+        } else {
+            match Repository::parse(&o.repository) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    let message = format!("repository \"{}\" is not a repository reference: {e}", o.repository);
+                    self.fail(Oci, "repository", message);
+                    None
+                }
+            }
+        };
+        if o.tags.is_empty() {
+            self.fail(Oci, "tags", "tags is empty; give at least one tag, e.g. [\"{{.Version}}\"]".into());
+        }
+        for tag in o.tags.iter().filter(|t| !valid_tag(t)) {
+            let message = format!(
+                "tag \"{tag}\" is not a valid tag (letters, digits, '_', '.', '-', not starting with '.' or '-', at \
+                 most 128 characters)"
+            );
+            self.fail(Oci, "tags", message);
+        }
+        const FORMATS: [&str; 3] = ["qcow2", "raw", "qcow2.tar.xz"];
+        if !FORMATS.contains(&o.format.as_str()) {
+            self.fail(Oci, "format", format!("format \"{}\" must be one of {}", o.format, FORMATS.join(", ")));
+        }
+        if o.file_name.is_empty() || o.file_name.contains('/') {
+            let message = format!("fileName \"{}\" must be a file name (not empty, no '/')", o.file_name);
+            self.fail(Oci, "fileName", message);
+        }
+        if !valid_media_type(&o.artifact_type) {
+            let message = format!(
+                "artifactType \"{}\" is not a media type such as \"application/vnd.unknown.artifact.v1\"",
+                o.artifact_type
+            );
+            self.fail(Oci, "artifactType", message);
+        }
+        if o.annotations.keys().any(String::is_empty) {
+            self.fail(Oci, "annotations", "annotations has an empty key".into());
+        }
+        if let Some(from) = &o.mount_from {
+            match (Repository::parse(from), &repository) {
+                (Err(e), _) => {
+                    self.fail(Oci, "mountFrom", format!("mountFrom \"{from}\" is not a repository reference: {e}"))
+                }
+                (Ok(source), Some(target)) if source.registry != target.registry => {
+                    let message = format!(
+                        "mountFrom \"{from}\" is in registry {}, the repository in {}: blobs are mounted only \
+                         within one registry",
+                        source.registry, target.registry
+                    );
+                    self.fail(Oci, "mountFrom", message);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn libvirt(&mut self) {
+        let l = &self.cfg.libvirt;
+        use Section::Libvirt;
+        if !l.uri.contains(':') {
+            let message = format!("uri \"{}\" is not a libvirt connection URI such as \"qemu:///system\"", l.uri);
+            self.fail(Libvirt, "uri", message);
+        }
+        self.required(Libvirt, "pool", Some(l.pool.as_str()));
+        self.required(Libvirt, "volumeName", Some(l.volume_name.as_str()));
+        if l.volume_name.contains('/') {
+            self.fail(Libvirt, "volumeName", format!("volumeName \"{}\" must not contain '/'", l.volume_name));
+        }
+        const FORMATS: [&str; 2] = ["qcow2", "raw"];
+        if !FORMATS.contains(&l.format.as_str()) {
+            self.fail(Libvirt, "format", format!("format \"{}\" must be one of {}", l.format, FORMATS.join(", ")));
+        }
+        if !l.capacity.is_empty() && super::registry::parse_capacity(&l.capacity).is_none() {
+            let message =
+                format!("capacity \"{}\" is not a size such as \"20G\", \"20GiB\" or a number of bytes", l.capacity);
+            self.fail(Libvirt, "capacity", message);
+        }
+    }
+
     fn file(&mut self) {
         let f = &self.cfg.file;
         use Section::File;

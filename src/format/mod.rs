@@ -11,6 +11,7 @@ pub mod raw;
 pub mod targz;
 pub mod vhd;
 pub mod write;
+pub mod xz;
 
 use std::io::Read;
 use std::sync::Arc;
@@ -190,6 +191,20 @@ impl Layout {
         }
         self.len += bytes.len() as u64;
         self.pieces.push(Piece::Bytes(bytes.into()));
+    }
+
+    /// Appends every piece of `other`.
+    pub fn append(&mut self, other: &Layout) {
+        for piece in &other.pieces {
+            match piece {
+                Piece::Zero(len) => self.zeros(*len),
+                Piece::Source { offset, len } => self.source(*offset, *len),
+                Piece::Bytes(bytes) => {
+                    self.len += bytes.len() as u64;
+                    self.pieces.push(Piece::Bytes(Arc::clone(bytes)));
+                }
+            }
+        }
     }
 
     /// Reads the layout as a byte stream, taking source bytes from `source`.

@@ -101,6 +101,35 @@ pub fn tar_layout(map: &ExtentMap, mtime: u64) -> Layout {
     layout
 }
 
+/// A tar stream of one regular member `name` whose content is `content` (another format's stream, a qcow2 for
+/// the OCI `qcow2.tar.xz` artifact, which `tar xJf` unpacks).
+pub fn member_layout(name: &str, content: &Layout, mtime: u64) -> Layout {
+    let mut header = vec![0u8; BLOCK];
+    let name = &name.as_bytes()[..name.len().min(99)];
+    header[..name.len()].copy_from_slice(name);
+    put_number(&mut header[100..108], 0o644);
+    put_number(&mut header[108..116], 0);
+    put_number(&mut header[116..124], 0);
+    put_number(&mut header[124..136], content.len());
+    put_number(&mut header[136..148], mtime);
+    header[156] = b'0';
+    header[257..265].copy_from_slice(b"ustar  \0");
+    header[265..269].copy_from_slice(b"root");
+    header[297..301].copy_from_slice(b"root");
+    header[148..156].fill(b' ');
+    let sum: u64 = header.iter().map(|b| u64::from(*b)).sum();
+    header[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    let mut layout = Layout::new();
+    layout.bytes(header);
+    layout.append(content);
+    layout.zeros(content.len().next_multiple_of(BLOCK as u64) - content.len());
+    // End of archive, then padding to GNU tar's 10 KiB record, as `tar cf` writes it.
+    layout.zeros(2 * BLOCK as u64);
+    let record = 20 * BLOCK as u64;
+    layout.zeros(layout.len().next_multiple_of(record) - layout.len());
+    layout
+}
+
 /// Number of bytes of image data inside the tar stream (for progress).
 pub fn source_bytes(layout: &Layout) -> u64 {
     layout.pieces().iter().filter(|p| matches!(p, Piece::Source { .. })).map(Piece::len).sum()

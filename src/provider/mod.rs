@@ -5,6 +5,8 @@ pub mod aws;
 pub mod azure;
 pub mod file;
 pub mod gcp;
+pub mod libvirt;
+pub mod oci;
 pub mod openstack;
 
 use thiserror::Error;
@@ -15,12 +17,23 @@ use crate::image::SourceImage;
 use crate::version::ImageVersion;
 
 /// Knobs shared by all providers.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UploadOptions {
     /// Parallel block or part uploads.
     pub concurrency: usize,
     /// Raised by Ctrl-C.
     pub cancel: Cancel,
+    /// The image's predicted measurements, when the run computed them (the OCI provider attaches them).
+    pub measurements: Option<std::sync::Arc<crate::measure::Measurements>>,
+}
+
+impl std::fmt::Debug for UploadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UploadOptions")
+            .field("concurrency", &self.concurrency)
+            .field("measurements", &self.measurements.is_some())
+            .finish()
+    }
 }
 
 /// One reference a variant printed: an AMI ARN, a Glance image ID, a file path, …
@@ -30,12 +43,15 @@ pub struct Reference {
     pub region: Option<String>,
     /// The reference exactly as the Go tool prints it.
     pub value: String,
+    /// More about it for the manifest (an OCI artifact's tags, a libvirt volume's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
 }
 
 impl Reference {
     /// A reference without a region.
     pub fn global(value: impl Into<String>) -> Self {
-        Self { region: None, value: value.into() }
+        Self { region: None, value: value.into(), details: None }
     }
 }
 
@@ -57,6 +73,12 @@ pub enum ProviderError {
     /// OpenStack failed.
     #[error(transparent)]
     OpenStack(#[from] openstack::OpenStackError),
+    /// The OCI registry failed.
+    #[error(transparent)]
+    Oci(#[from] oci::OciError),
+    /// libvirt failed.
+    #[error(transparent)]
+    Libvirt(#[from] libvirt::LibvirtError),
 }
 
 impl ProviderError {
@@ -68,6 +90,8 @@ impl ProviderError {
             ProviderError::File(e) => e.is_interrupted(),
             ProviderError::Gcp(e) => matches!(e, gcp::GcpError::Interrupted),
             ProviderError::OpenStack(e) => matches!(e, openstack::OpenStackError::Interrupted),
+            ProviderError::Oci(e) => matches!(e, oci::OciError::Interrupted),
+            ProviderError::Libvirt(e) => matches!(e, libvirt::LibvirtError::Interrupted),
         }
     }
 
@@ -78,6 +102,8 @@ impl ProviderError {
             ProviderError::File(e) => e.is_usage(),
             ProviderError::Gcp(e) => e.is_usage(),
             ProviderError::OpenStack(e) => e.is_usage(),
+            ProviderError::Oci(e) => e.is_usage(),
+            ProviderError::Libvirt(e) => e.is_usage(),
             ProviderError::Aws(_) => false,
         }
     }
@@ -91,6 +117,8 @@ pub async fn preflight(cfg: &VariantConfig) -> Result<(), ProviderError> {
         Provider::File => Ok(file::preflight(cfg)?),
         Provider::Gcp => Ok(gcp::preflight(cfg).await?),
         Provider::OpenStack => Ok(openstack::preflight(cfg).await?),
+        Provider::Oci => Ok(oci::preflight(cfg).await?),
+        Provider::Libvirt => Ok(libvirt::preflight(cfg).await?),
     }
 }
 
@@ -105,12 +133,14 @@ pub async fn upload(
         Provider::Aws => Ok(aws::upload(cfg, image, options)
             .await?
             .into_iter()
-            .map(|arn| Reference { region: arn.split(':').nth(3).map(str::to_string), value: arn })
+            .map(|arn| Reference { region: arn.split(':').nth(3).map(str::to_string), value: arn, details: None })
             .collect()),
         Provider::Azure => Ok(azure::upload(cfg, image, options).await?),
         Provider::File => Ok(file::upload(cfg, image, options).await?.into_iter().map(Reference::global).collect()),
         Provider::Gcp => Ok(gcp::upload(cfg, image, options).await?),
         Provider::OpenStack => Ok(openstack::upload(cfg, image, options).await?),
+        Provider::Oci => Ok(oci::upload(cfg, image, options).await?),
+        Provider::Libvirt => Ok(libvirt::upload(cfg, image, options).await?),
     }
 }
 
@@ -181,6 +211,8 @@ pub fn name_key(provider: Provider) -> Option<(crate::config::schema::Section, &
         Provider::Gcp => Some((Section::Gcp, "imageName")),
         Provider::OpenStack => Some((Section::OpenStack, "imageName")),
         Provider::File => Some((Section::File, "path")),
+        Provider::Oci => Some((Section::Oci, "tags")),
+        Provider::Libvirt => Some((Section::Libvirt, "volumeName")),
     }
 }
 
@@ -192,6 +224,8 @@ pub async fn list_stored(cfg: &VariantConfig) -> Result<Vec<Stored>, ProviderErr
         Provider::Aws => Ok(aws::lifecycle::list_stored(cfg).await?),
         Provider::Gcp => Ok(gcp::list_stored(cfg).await?),
         Provider::Azure => Ok(azure::list_stored(cfg).await?),
+        Provider::Oci => Ok(oci::list_stored(cfg).await?),
+        Provider::Libvirt => Ok(libvirt::list_stored(cfg).await?),
     }
 }
 
@@ -203,6 +237,8 @@ pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), Pro
         Provider::Aws => Ok(aws::lifecycle::delete_stored(cfg, item).await?),
         Provider::Gcp => Ok(gcp::delete_stored(cfg, item).await?),
         Provider::Azure => Ok(azure::delete_stored(cfg, item).await?),
+        Provider::Oci => Ok(oci::delete_stored(cfg, item).await?),
+        Provider::Libvirt => Ok(libvirt::delete_stored(cfg, item).await?),
     }
 }
 

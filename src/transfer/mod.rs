@@ -5,6 +5,7 @@
 //! [`Verdict::RetryAfter`] (the server said how long to wait) and [`Verdict::Fail`] (access denied, validation);
 //! everything else about retrying, limiting and waiting lives here.
 
+pub mod channel;
 pub mod http;
 pub mod session;
 pub mod stream;

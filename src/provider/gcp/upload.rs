@@ -6,7 +6,6 @@
 //! it and is resent from its start after a transient error, on the same session URI: nothing is written to disk and
 //! the image is read once. The CRC32C of the bytes sent is compared with the object's.
 
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use crate::image::SourceImage;
 use crate::progress::Progress;
 use crate::provider::UploadOptions;
 use crate::transfer::RetryPolicy;
+use crate::transfer::channel::ChannelWriter;
 
 /// Bytes per resumable-upload request: 256 × 256 KiB (GCS wants multiples of 256 KiB). Two chunks are held (one in
 /// flight for resending, one filling), so this is most of the upload's memory. Fewer, larger requests cost less per
@@ -54,40 +54,6 @@ pub struct Sent {
     pub retries: u32,
 }
 
-/// The compressor's output end: buffers a piece and blocks while the upload is behind. An empty piece marks the
-/// end of a complete stream.
-struct ChannelWriter {
-    tx: mpsc::Sender<Bytes>,
-    buffer: Vec<u8>,
-}
-
-impl ChannelWriter {
-    fn send_buffer(&mut self) -> std::io::Result<()> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let piece = Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(PIECE)));
-        self.tx
-            .blocking_send(piece)
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))
-    }
-}
-
-impl Write for ChannelWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let taken = data.len().min(PIECE - self.buffer.len());
-        self.buffer.extend_from_slice(&data[..taken]);
-        if self.buffer.len() == PIECE {
-            self.send_buffer()?;
-        }
-        Ok(taken)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// The tar stream of `image`: the allocated ranges only (no scan for zeros, so the image is read once), with the
 /// disk size rounded up to a whole GiB.
 pub fn tar_layout(image: &SourceImage) -> Result<Layout, GcpError> {
@@ -113,7 +79,8 @@ pub async fn send(
         let (image, cancel, progress) = (image.clone(), options.cancel.clone(), progress.clone());
         let threads = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
         tokio::task::spawn_blocking(move || {
-            let mut writer = ChannelWriter { tx, buffer: Vec::with_capacity(PIECE) };
+            // An empty piece marks the end of a complete stream.
+            let mut writer = ChannelWriter::new(tx, PIECE, |piece| piece);
             format::gzip::compress(
                 layout.reader(&*image.data),
                 &mut writer,
@@ -124,9 +91,7 @@ pub async fn send(
             )?;
             writer.send_buffer().map_err(|e| format::FormatError::from_write(e, 0))?;
             // The end marker: only a complete stream may finish the object.
-            writer.tx.blocking_send(Bytes::new()).map_err(|_| {
-                format::FormatError::Write(std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the upload stopped"))
-            })
+            writer.send(Bytes::new()).map_err(format::FormatError::Write)
         })
     };
     let uploaded = send_chunks(gcs, &session, rx, &options.cancel).await;
@@ -351,25 +316,5 @@ mod tests {
         assert!(matches!(wrong_crc, Err(GcpError::Checksum { .. })));
         let truncated = check_object(&json!({"size": "4", "crc32c": crc}), &sent, "b", "o");
         assert!(matches!(truncated, Err(GcpError::Unexpected { .. })));
-    }
-
-    #[test]
-    fn the_writer_hands_over_whole_pieces() -> std::io::Result<()> {
-        let (tx, mut rx) = mpsc::channel(QUEUE);
-        let data: Vec<u8> = (0..(PIECE + 1000)).map(|i| (i % 251) as u8).collect();
-        let expected = data.clone();
-        let handle = std::thread::spawn(move || -> std::io::Result<()> {
-            let mut writer = ChannelWriter { tx, buffer: Vec::new() };
-            writer.write_all(&data)?;
-            writer.send_buffer()
-        });
-        let mut received = Vec::new();
-        while let Some(piece) = rx.blocking_recv() {
-            received.push(piece);
-        }
-        handle.join().map_err(|_| std::io::Error::other("writer panicked"))??;
-        assert_eq!(received.iter().map(Bytes::len).collect::<Vec<_>>(), vec![PIECE, 1000]);
-        assert_eq!(received.concat(), expected);
-        Ok(())
     }
 }

@@ -226,7 +226,7 @@ pub async fn upload(
         record.id, o.image_name, target.cloud.name, record.id
     ));
     match fill(&target, &record.id, o, image, layout, options).await {
-        Ok(()) => Ok(vec![Reference { region: target.cloud.region_name.clone(), value: record.id }]),
+        Ok(()) => Ok(vec![Reference { region: target.cloud.region_name.clone(), value: record.id, details: None }]),
         Err(e) => {
             remove_unfinished(&target.glance, &record.id).await;
             Err(e)

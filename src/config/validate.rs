@@ -640,12 +640,23 @@ impl Checker<'_> {
         if o.annotations.keys().any(String::is_empty) {
             self.fail(Oci, "annotations", "annotations has an empty key".into());
         }
-        if let Some(from) = &o.mount_from {
-            match (Repository::parse(from), &repository) {
-                (Err(e), _) => {
+        if let (Some(from), Some(target)) = (&o.mount_from, &repository) {
+            // A name in the same registry, or a repository reference there.
+            let prefixed = format!("{}/{from}", target.registry);
+            let checked = match from.strip_prefix(&format!("{}/", target.registry)) {
+                Some(_) => Repository::parse(from),
+                None if Repository::parse(from).is_ok_and(|r| r.registry == "docker.io")
+                    && !from.starts_with("docker.io/") =>
+                {
+                    Repository::parse(&prefixed)
+                }
+                None => Repository::parse(from),
+            };
+            match checked {
+                Err(e) => {
                     self.fail(Oci, "mountFrom", format!("mountFrom \"{from}\" is not a repository reference: {e}"))
                 }
-                (Ok(source), Some(target)) if source.registry != target.registry => {
+                Ok(source) if source.registry != target.registry => {
                     let message = format!(
                         "mountFrom \"{from}\" is in registry {}, the repository in {}: blobs are mounted only \
                          within one registry",
@@ -653,7 +664,7 @@ impl Checker<'_> {
                     );
                     self.fail(Oci, "mountFrom", message);
                 }
-                _ => {}
+                Ok(_) => {}
             }
         }
     }

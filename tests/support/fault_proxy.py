@@ -156,6 +156,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # The client went away in the middle of its body (Ctrl-C, an aborted request).
             self.close_connection = True
             return
+        declared = self.headers.get("Content-Length")
+        if declared is not None and len(body) < int(declared):
+            # The same, noticed as a short read: a truncated request is never forwarded as a whole one.
+            self.close_connection = True
+            return
         matched = re.search(args.match, f"{self.command} {path}") is not None and len(body) >= args.min_body
         fault = draw() if matched else None
         if fault == "reset":

@@ -40,6 +40,12 @@ impl FaultProxy {
         Self::spawn_on(upstream, "^PUT /upload/", rate, 18, faults, 1.5, false, (host, 80), &extra)
     }
 
+    /// Like [`FaultProxy::start`], with more of `fault_proxy.py`'s arguments (`--bandwidth 1`).
+    pub fn start_with_args(upstream: &str, pattern: &str, rate: f64, seed: u64, faults: &str, extra: &[&str]) -> Self {
+        let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
+        Self::spawn_on(upstream, pattern, rate, seed, faults, 1.5, false, ("127.0.0.1", free_port()), &extra)
+    }
+
     fn spawn(upstream: &str, pattern: &str, rate: f64, seed: u64, faults: &str, delay: f64, pages: bool) -> Self {
         Self::spawn_on(upstream, pattern, rate, seed, faults, delay, pages, ("127.0.0.1", free_port()), &[])
     }

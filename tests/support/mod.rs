@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod gcp;
 pub mod glance;
 pub mod moto;
+pub mod registry;
 pub mod uki;
 
 use std::path::{Path, PathBuf};

@@ -54,12 +54,17 @@ fn location_of(response: &reqwest::Response) -> Option<String> {
     response.headers().get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-/// The end of the `Range: 0-N` header (N+1 bytes are stored), if any.
+/// The bytes stored, from the `Range: 0-N` header (N+1 bytes). Distribution says `0-0` for an empty upload too;
+/// uplosi never has a 1-byte chunk in flight, so `0-0` is read as nothing stored.
 fn stored(response: &reqwest::Response) -> Option<u64> {
     let range = response.headers().get(reqwest::header::RANGE)?.to_str().ok()?;
-    let end = range.trim().trim_start_matches("bytes=").split_once('-')?.1;
-    end.parse::<u64>().ok().map(|n| n + 1)
+    let end: u64 = range.trim().trim_start_matches("bytes=").split_once('-')?.1.parse().ok()?;
+    Some(if end == 0 { 0 } else { end + 1 })
 }
+
+/// How long Ctrl-C waits for the chunk request in flight: its answer carries the session's new state, without
+/// which a registry will not let the session be cancelled.
+const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An open upload session.
 pub struct Session<'a> {
@@ -105,7 +110,8 @@ impl<'a> Session<'a> {
     }
 
     /// Sends `data`, which starts at [`Session::offset`]; a failed request is resumed from the registry's `Range`.
-    pub async fn patch(&mut self, mut data: Bytes) -> Result<(), OciError> {
+    /// Ctrl-C stops the request in flight.
+    pub async fn patch(&mut self, mut data: Bytes, cancel: &Cancel) -> Result<(), OciError> {
         let policy = RetryPolicy::default();
         let mut attempt = 1;
         while !data.is_empty() {
@@ -114,7 +120,22 @@ impl<'a> Session<'a> {
                 .header("Content-Type", "application/octet-stream")
                 .header("Content-Range", format!("{}-{end}", self.offset))
                 .body(data.clone());
-            let result = match self.registry.send_unretried(call, "sending a blob chunk").await {
+            let send = self.registry.send_unretried(call, "sending a blob chunk");
+            tokio::pin!(send);
+            let sent = tokio::select! {
+                sent = &mut send => sent,
+                () = cancel.cancelled() => {
+                    if let Ok(Ok(response)) = tokio::time::timeout(CANCEL_GRACE, &mut send).await
+                        && response.status().as_u16() == 202
+                        && let Some(l) = location_of(&response)
+                    {
+                        self.location = l;
+                        self.offset = end + 1;
+                    }
+                    return Err(OciError::Interrupted);
+                }
+            };
+            let result = match sent {
                 Ok(response) if response.status().as_u16() == 202 => Ok(response),
                 Ok(response) => Err(self.registry.error(response, "sending a blob chunk").await),
                 Err(e) => Err(e),
@@ -165,11 +186,24 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// Cancels the session (the registry drops what it got); it runs after Ctrl-C too.
-    pub async fn abort(self) {
+    /// Cancels the session (the registry drops what it got); it runs after Ctrl-C too. A chunk request dropped on
+    /// the way may still be written at the registry for a moment, and a registry refuses to cancel a session whose
+    /// size is not the one its state token says: so the session's state is read until it stops changing, and the
+    /// cancel goes to the `Location` that state comes with.
+    pub async fn abort(mut self) {
+        let mut last = None;
+        for _ in 0..50 {
+            match self.status().await {
+                Ok(n) if last == Some(n) => break,
+                Ok(n) => last = Some(n),
+                Err(_) => break,
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
         let call = Call::new(Method::DELETE, self.location.clone(), "pull,push");
         match self.registry.send(call, "cancelling the blob upload", &[204, 404]).await {
-            Ok(_) => tracing::info!("oci: cancelled the unfinished blob upload"),
+            Ok(r) if r.status().as_u16() == 204 => tracing::info!("oci: cancelled the unfinished blob upload"),
+            Ok(_) => tracing::info!("oci: the unfinished blob upload is gone already"),
             Err(e) => tracing::warn!("oci: could not cancel the blob upload session ({e}); the registry expires it"),
         }
     }
@@ -215,7 +249,7 @@ where
                     chunk.extend_from_slice(&bytes);
                     if chunk.len() >= CHUNK {
                         let len = chunk.len() as u64;
-                        session.patch(chunk.split().freeze()).await?;
+                        session.patch(chunk.split().freeze(), cancel).await?;
                         on_sent(len);
                     }
                 }
@@ -226,7 +260,7 @@ where
         }
         if !chunk.is_empty() {
             let len = chunk.len() as u64;
-            session.patch(chunk.freeze()).await?;
+            session.patch(chunk.freeze(), cancel).await?;
             on_sent(len);
         }
         Ok(())

@@ -119,7 +119,11 @@ async fn remove_replaced(registry: &Registry, old: &[String], new: &str) {
     let Ok(all) = tags(registry).await else { return };
     let plain: Vec<&String> = all.iter().filter(|t| !t.starts_with("sha256-")).collect();
     if plain.len() > REPLACED_SCAN_LIMIT {
-        tracing::info!("oci: {} has {} tags; the replaced artifacts are left to the registry", registry.shown, plain.len());
+        tracing::info!(
+            "oci: {} has {} tags; the replaced artifacts are left to the registry",
+            registry.shown,
+            plain.len()
+        );
         return;
     }
     let mut tagged = std::collections::BTreeSet::new();
@@ -152,11 +156,23 @@ impl ChunkSink for Sha256Sink {
     }
 }
 
+/// The name of the qcow2 inside a `qcow2.tar.xz` titled `file_name`: without `.tar.xz`, ending in `.qcow2`
+/// (`podvm.tar.xz` holds `podvm.qcow2`, `podvm-1.2.3.qcow2.tar.xz` holds `podvm-1.2.3.qcow2`).
+pub fn member_name(file_name: &str) -> String {
+    let stem = file_name.strip_suffix(".tar.xz").or_else(|| file_name.strip_suffix(".txz")).unwrap_or(file_name);
+    if stem.ends_with(".qcow2") { stem.to_string() } else { format!("{stem}.qcow2") }
+}
+
+/// The repository (name inside the registry) `mount_from` names: `registry/name` or a bare name in `registry`.
+pub fn mount_source(mount_from: &str, registry: &str) -> String {
+    mount_from.strip_prefix(&format!("{registry}/")).unwrap_or(mount_from).to_string()
+}
+
 /// The stream of the image in the variant's format: qcow2, raw, or the qcow2 as a tar member (compressed later).
 /// Returns the layout pushed (or compressed) and, for `qcow2.tar.xz`, the qcow2 layout inside.
 async fn layouts(o: &OciConfig, image: &SourceImage, options: &UploadOptions) -> Result<(Layout, Layout), OciError> {
     let (image, cancel, format) = (image.clone(), options.cancel.clone(), o.format.clone());
-    let member = o.file_name.strip_suffix(".tar.xz").unwrap_or(&o.file_name).to_string();
+    let member = member_name(&o.file_name);
     let io_threads = std::thread::available_parallelism().map(usize::from).unwrap_or(1).clamp(2, 4);
     let built = tokio::task::spawn_blocking(move || -> Result<(Layout, Layout), ImageError> {
         if format == "raw" {
@@ -213,7 +229,11 @@ async fn earlier_layer(registry: &Registry, o: &OciConfig, payload: &str) -> Res
     }
     if candidates.is_empty()
         && let Some(from) = &o.mount_from
-        && let Ok(source) = connect_to(&format!("{}/{from}", registry.repository.registry), o.plain_http).await
+        && let Ok(source) = connect_to(
+            &format!("{}/{}", registry.repository.registry, mount_source(from, &registry.repository.registry)),
+            o.plain_http,
+        )
+        .await
     {
         for tag in &o.tags {
             if let Some((m, _)) = get_manifest(&source, tag).await? {
@@ -247,7 +267,8 @@ async fn push_layer(
     };
     let payload = Arc::new(payload);
     let known = digest_of(Arc::clone(&payload), image, options).await?;
-    let mount_from = o.mount_from.as_deref();
+    let mount_from = o.mount_from.as_deref().map(|m| mount_source(m, &registry.repository.registry));
+    let mount_from = mount_from.as_deref();
     let session = if compressed {
         match earlier_layer(registry, o, &known.digest).await? {
             Some(found) => match blob::presence(registry, &found.digest, mount_from).await? {
@@ -584,4 +605,22 @@ pub async fn delete_stored(cfg: &VariantConfig, item: &Stored) -> Result<(), Oci
         delete_manifest(&registry, &index).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tar_member_is_the_qcow2_the_title_names() {
+        assert_eq!(member_name("podvm.tar.xz"), "podvm.qcow2");
+        assert_eq!(member_name("podvm-1.2.3.qcow2.tar.xz"), "podvm-1.2.3.qcow2");
+        assert_eq!(member_name("disk"), "disk.qcow2");
+    }
+
+    #[test]
+    fn mount_from_is_a_name_in_the_registry_or_a_reference_there() {
+        assert_eq!(mount_source("staging/podvm", "ghcr.io"), "staging/podvm");
+        assert_eq!(mount_source("ghcr.io/staging/podvm", "ghcr.io"), "staging/podvm");
+    }
 }

@@ -1,6 +1,7 @@
 //! The whole release run: variants of every provider this build supports (AWS against moto, Azure against Azurite
 //! and the ARM fake, GCP against fake-gcs-server and the GCE fake, OpenStack against a real glance-api, a local
-//! file) in one `uplosi upload`, the manifest, partial failure and `--retry-failed`.
+//! file, an OCI registry (docker-registry) and a libvirt pool (libvirtd)) in one `uplosi upload`, the manifest,
+//! partial failure and `--retry-failed`.
 
 mod support;
 
@@ -98,7 +99,15 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     let azure = Azure::start(azure::Options::default());
     let gcp = Gcp::start(gcp::Options::default());
     let image = fixtures::gpt_image();
-    let ws = workspace_with(&glance, &image.path, &format!("{}{}", azure_variant(&azure), gcp_variant(&gcp)));
+    let registry = support::registry::Registry::start(support::registry::Options::default());
+    let pool = support::libvirt::Pool::new();
+    let oci_and_pool = format!(
+        "\n[variant.oci]\nprovider = \"oci\"\n\n[variant.oci.oci]\nrepository = \"{}/podvm\"\n\n[variant.pool]\nprovider = \"libvirt\"\n\n[variant.pool.libvirt]\nuri = \"{}\"\npool = \"{}\"\n",
+        registry.host,
+        support::libvirt::uri(),
+        pool.name
+    );
+    let ws = workspace_with(&glance, &image.path, &format!("{}{}{oci_and_pool}", azure_variant(&azure), gcp_variant(&gcp)));
     let manifest_path = ws.path().join("manifest.json");
     // One CA bundle for both HTTPS fakes.
     let bundle = ws.path().join("ca-bundle.pem");
@@ -122,7 +131,7 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     assert_eq!(manifest["version"], "1.2.3");
     assert_eq!(manifest["versionBumped"], true);
     assert_eq!(ws.read("version.txt").trim(), "1.2.4");
-    for name in ["aws", "azure", "gcp", "openstack", "libvirt"] {
+    for name in ["aws", "azure", "gcp", "openstack", "libvirt", "oci", "pool"] {
         let v = variant(&manifest, name);
         assert_eq!(v["status"], "ok", "{v}");
         assert_eq!(v["references"].as_array().map(Vec::len), Some(1), "{v}");
@@ -145,7 +154,13 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
     assert!(gcp.objects("release-uploads").is_empty(), "the archive object is gone");
     // The old shape: one entry per reference with variant, provider and reference.
     let refs = manifest["references"].as_array().expect("references");
-    assert_eq!(refs.len(), 5);
+    assert_eq!(refs.len(), 7);
+    let artifact = variant(&manifest, "oci")["references"][0].as_str().expect("artifact");
+    assert!(artifact.starts_with(&format!("{}/podvm@sha256:", registry.host)), "{artifact}");
+    assert_eq!(registry.tags("podvm"), ["1.2.3"]);
+    let volume = variant(&manifest, "pool")["references"][0].as_str().expect("volume");
+    assert_eq!(Path::new(volume), pool.path("podvm-1.2.3.qcow2"));
+    assert_eq!(pool.volumes(), ["podvm-1.2.3.qcow2"]);
     assert!(
         refs.iter().any(|r| r["variant"] == "openstack" && r["provider"] == "openstack" && r["reference"] == glance_id)
     );

@@ -7,6 +7,7 @@ pub mod faults;
 pub mod fixtures;
 pub mod gcp;
 pub mod glance;
+pub mod libvirt;
 pub mod moto;
 pub mod registry;
 pub mod uki;

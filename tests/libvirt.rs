@@ -22,7 +22,12 @@ fn config(pool: &Pool, extra: &str) -> String {
 }
 
 fn upload(ws: &Workspace, args: &[&str]) -> Output {
-    ws.uplosi().args(["upload", "system.raw"]).args(args).timeout(std::time::Duration::from_secs(300)).output().expect("run")
+    ws.uplosi()
+        .args(["upload", "system.raw"])
+        .args(args)
+        .timeout(std::time::Duration::from_secs(300))
+        .output()
+        .expect("run")
 }
 
 #[test]
@@ -58,7 +63,12 @@ fn a_qcow2_volume_is_created_with_its_capacity_filled_and_read_back() {
     assert!(check.success());
     // Equal up to the image's size, zeros after: convert back and compare the first part byte for byte.
     let back = ws.path().join("back.raw");
-    let status = std::process::Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&path).arg(&back).status().expect("convert");
+    let status = std::process::Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&path)
+        .arg(&back)
+        .status()
+        .expect("convert");
     assert!(status.success());
     let original = std::fs::read(&image.path).expect("image");
     let mut file = std::fs::File::open(&back).expect("back");
@@ -72,7 +82,10 @@ fn a_qcow2_volume_is_created_with_its_capacity_filled_and_read_back() {
 fn a_raw_volume_keeps_its_holes() {
     let pool = Pool::new();
     let image = support::fixtures::huge_sparse();
-    let ws = Workspace::with_image(&config(&pool, "format = \"raw\"\nvolumeName = \"{{.Name}}-{{.Version}}.img\""), &image.path);
+    let ws = Workspace::with_image(
+        &config(&pool, "format = \"raw\"\nvolumeName = \"{{.Name}}-{{.Version}}.img\""),
+        &image.path,
+    );
     let out = upload(&ws, &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let volume = "podvm-1.2.3.img";
@@ -158,7 +171,11 @@ fn delete_and_prune_read_versions_back_from_volume_names() {
     assert_eq!(pool.volumes(), ["podvm-1.2.4.qcow2", "podvm-1.2.5.qcow2", "podvm-latest.qcow2"]);
     let out = ws.uplosi().args(["prune", "--keep", "1", "--yes"]).output().expect("run");
     assert!(out.status.success(), "{}", text(&out.stderr));
-    assert_eq!(pool.volumes(), ["podvm-1.2.5.qcow2", "podvm-latest.qcow2"], "a name without a version is never touched");
+    assert_eq!(
+        pool.volumes(),
+        ["podvm-1.2.5.qcow2", "podvm-latest.qcow2"],
+        "a name without a version is never touched"
+    );
 }
 
 #[test]
@@ -173,7 +190,10 @@ fn bad_libvirt_settings_are_exit_2_naming_them() {
     let out = upload(&ws, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("is smaller than the image"), "{}", text(&out.stderr));
-    ws.write("uplosi.conf", &config(&pool, "").replace(&format!("pool = \"{}\"", pool.name), "pool = \"no-such-pool\""));
+    ws.write(
+        "uplosi.conf",
+        &config(&pool, "").replace(&format!("pool = \"{}\"", pool.name), "pool = \"no-such-pool\""),
+    );
     let out = upload(&ws, &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("storage pool \"no-such-pool\" cannot be found"), "{}", text(&out.stderr));

@@ -107,7 +107,8 @@ fn one_run_with_every_provider_writes_a_complete_manifest() {
         support::libvirt::uri(),
         pool.name
     );
-    let ws = workspace_with(&glance, &image.path, &format!("{}{}{oci_and_pool}", azure_variant(&azure), gcp_variant(&gcp)));
+    let ws =
+        workspace_with(&glance, &image.path, &format!("{}{}{oci_and_pool}", azure_variant(&azure), gcp_variant(&gcp)));
     let manifest_path = ws.path().join("manifest.json");
     // One CA bundle for both HTTPS fakes.
     let bundle = ws.path().join("ca-bundle.pem");

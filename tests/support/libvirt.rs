@@ -84,7 +84,10 @@ impl Pool {
     /// Creates and starts a transient `dir` pool.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().expect("pool dir");
-        let name = format!("uplosi-{}", dir.path().file_name().map(|n| n.to_string_lossy().replace('.', "")).unwrap_or_default());
+        let name = format!(
+            "uplosi-{}",
+            dir.path().file_name().map(|n| n.to_string_lossy().replace('.', "")).unwrap_or_default()
+        );
         virsh(&["pool-create-as", &name, "dir", "--target", &dir.path().display().to_string()]);
         Pool { name, dir }
     }
@@ -92,8 +95,12 @@ impl Pool {
     /// The volumes' names, sorted.
     pub fn volumes(&self) -> Vec<String> {
         let _ = Command::new("virsh").args(["-c", uri(), "pool-refresh", &self.name]).output();
-        let mut names: Vec<String> =
-            virsh(&["vol-list", &self.name]).lines().skip(2).filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect();
+        let mut names: Vec<String> = virsh(&["vol-list", &self.name])
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
         names.sort();
         names
     }
@@ -102,7 +109,11 @@ impl Pool {
     pub fn info(&self, volume: &str) -> (u64, u64) {
         let xml = virsh(&["vol-dumpxml", "--pool", &self.name, volume]);
         let number = |tag: &str| -> u64 {
-            xml.split(&format!("<{tag} unit='bytes'>")).nth(1).and_then(|r| r.split('<').next()).and_then(|n| n.parse().ok()).unwrap_or(0)
+            xml.split(&format!("<{tag} unit='bytes'>"))
+                .nth(1)
+                .and_then(|r| r.split('<').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
         };
         (number("capacity"), number("allocation"))
     }

@@ -10,10 +10,16 @@
 # tests, which listen on port 80 of loopback addresses, so run this as root; qemu-system-x86, ovmf, swtpm and
 # swtpm-tools boot the images of the boot-check tests, whose systemd stubs, kernel and busybox they fetch from
 # Debian themselves, into the test cache; efitools, sbsigntool and virt-firmware from PyPI make, sign with and
-# enroll Secure Boot keys; AWS's nitro-tpm-pcr-compute from crates.io is the peer of `--format nitro`), then runs
-# `cargo test`.
+# enroll Secure Boot keys; AWS's nitro-tpm-pcr-compute from crates.io is the peer of `--format nitro`;
+# docker-registry is the OCI registry of the oci tests, with apache2-utils' htpasswd for its basic auth, python3's
+# cryptography for its token server, skopeo to read it back and xz-utils to check the qcow2.tar.xz layer;
+# libvirt-daemon with its QEMU driver is the libvirtd of the libvirt tests, virsh (libvirt-clients) reads it back,
+# and the QEMU driver wants a libvirt-qemu user, which this creates), then runs `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# Building needs pkg-config and libvirt-dev.
+scripts/build-deps.sh
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/uplosi-target}"
 
@@ -22,7 +28,8 @@ for pair in qemu-img:qemu-utils qemu-io:qemu-utils sfdisk:fdisk mkfs.ext4:e2fspr
     pigz:pigz objcopy:binutils /usr/lib/systemd/boot/efi/linuxx64.efi.stub:systemd-boot-efi \
     /usr/lib/systemd/systemd-measure:systemd dpkg-deb:dpkg glance-api:glance-api glance-manage:glance-api \
     curl:curl openssl:openssl node:nodejs npm:npm /usr/share/OVMF/OVMF_CODE_4M.fd:ovmf swtpm:swtpm \
-    swtpm_setup:swtpm-tools cert-to-efi-sig-list:efitools sbsign:sbsigntool; do
+    swtpm_setup:swtpm-tools cert-to-efi-sig-list:efitools sbsign:sbsigntool docker-registry:docker-registry \
+    skopeo:skopeo htpasswd:apache2-utils xz:xz-utils; do
     tool="${pair%%:*}" package="${pair##*:}"
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || [ -x "/sbin/$tool" ] || [ -e "$tool" ] \
         || missing+=("$package")
@@ -51,6 +58,25 @@ if ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${release[@]}" qemu-system-x86 >/dev/null
 fi
 
+# libvirtd without the recommended packages (which would pull in a QEMU from another suite than the one above); its
+# QEMU driver refuses to start without a libvirt-qemu user and group.
+if ! command -v libvirtd >/dev/null 2>&1 || ! command -v virsh >/dev/null 2>&1 \
+    || [ ! -e /usr/lib/x86_64-linux-gnu/libvirt/connection-driver/libvirt_driver_qemu.so ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "installing: libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends \
+        libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients >/dev/null
+fi
+if ! getent passwd libvirt-qemu >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo groupadd -f -r libvirt-qemu
+    getent group kvm >/dev/null || $sudo groupadd -f -r kvm
+    $sudo useradd -r -g libvirt-qemu -G kvm -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
+fi
+
 if ! python3 -c "import moto.server, boto3" >/dev/null 2>&1; then
     echo "installing: moto[server] (PyPI)" >&2
     python3 -m pip install --quiet "moto[server]>=5"
@@ -72,6 +98,10 @@ fi
 if ! python3 -c "import pefile" >/dev/null 2>&1; then
     echo "installing: pefile (PyPI)" >&2
     python3 -m pip install --quiet pefile
+fi
+if ! python3 -c "import cryptography" >/dev/null 2>&1; then
+    echo "installing: cryptography (PyPI)" >&2
+    python3 -m pip install --quiet cryptography
 fi
 if ! command -v virt-fw-vars >/dev/null 2>&1; then
     echo "installing: virt-firmware (PyPI)" >&2

@@ -1,5 +1,5 @@
 {
-  description = "uplosi: convert raw OS disk images and upload them to AWS, Azure, GCP and OpenStack";
+  description = "uplosi: convert raw OS disk images and upload them to AWS, Azure, GCP, OpenStack, OCI registries and libvirt";
 
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
@@ -15,10 +15,13 @@
           version = (builtins.fromTOML (builtins.readFile ./Cargo.toml)).package.version;
           src = ./.;
           cargoLock.lockFile = ./Cargo.lock;
+          # The libvirt provider links libvirt's client library (the `virt` crate finds it with pkg-config).
+          nativeBuildInputs = [ pkgs.pkg-config ];
+          buildInputs = [ pkgs.libvirt ];
           # The integration tests need qemu-img, mkfs and emulators; run them with scripts/test.sh instead.
           doCheck = false;
           meta = {
-            description = "Convert raw OS disk images and upload them to AWS, Azure, GCP and OpenStack";
+            description = "Convert raw OS disk images and upload them to AWS, Azure, GCP, OpenStack, OCI registries and libvirt";
             license = pkgs.lib.licenses.asl20;
             mainProgram = "uplosi";
           };
@@ -50,6 +53,8 @@
             gzip
             python3Packages.moto
             awscli2
+            skopeo
+            libvirt
           ];
         };
       });
